@@ -1,0 +1,1 @@
+"""Pure-torch UNet block-level techniques (RAU-Net)."""
