@@ -7,6 +7,7 @@ Tensors follow the WebUI's attention-replace convention: q, k, v are projected a
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,7 @@ def halve_ceil(n: int, times: int) -> int:
     return n
 
 
+@lru_cache(maxsize=512)
 def layer_hw(latent_hw: tuple[int, int], n_tokens: int) -> tuple[int, int]:
     """The (h, w) grid of an attention layer holding ``n_tokens`` tokens in a latent of size ``latent_hw``.
 

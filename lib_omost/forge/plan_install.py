@@ -1,0 +1,160 @@
+"""Install an AttentionPlan on a (cloned) UNet patcher: one replace per key, foreign replaces kept inside.
+
+Forge and reForge look a replace up by (block, number, depth index) first, then by (block, number). We
+install ours under the three-part key of every layer a stage applies to; a replace another extension put
+under either key becomes our innermost attention function, so both run.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from lib_omost.attention.core import layer_hw
+from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, AttnCall, LayerKey
+from lib_omost.forge.webui import ModelInfo
+
+PATCH_NAMES = {ATTN1: "attn1_patch", ATTN2: "attn2_patch"}
+
+
+def cond_uncond_rows(options: dict, batch: int) -> tuple[list[int], list[int]]:
+    """Rows of an attention batch that belong to cond and to uncond chunks.
+
+    Forge main passes cond_indices/uncond_indices; reForge passes only cond_or_uncond (one entry per
+    chunk, 0 = cond, 1 = uncond), and row i of chunk j is j * rows_per_chunk + i. Without either, every
+    row is treated as cond (a caller that does not batch by chunks).
+    """
+    if "cond_indices" in options and "uncond_indices" in options:
+        return list(options["cond_indices"]), list(options["uncond_indices"])
+    chunks = options.get("cond_or_uncond")
+    if not chunks:
+        return list(range(batch)), []
+    if batch % len(chunks):
+        raise ValueError(f"attention batch {batch} does not split into {len(chunks)} cond/uncond chunks")
+    per = batch // len(chunks)
+    cond = [j * per + i for j, c in enumerate(chunks) if c == 0 for i in range(per)]
+    uncond = [j * per + i for j, c in enumerate(chunks) if c != 0 for i in range(per)]
+    return cond, uncond
+
+
+def layer_key(options: dict) -> LayerKey:
+    block = options["block"]
+    return LayerKey(block[0], int(block[1]), int(options.get("block_index", 0)))
+
+
+def make_call(q: torch.Tensor, options: dict, layer: LayerKey, step_of: Callable | None = None) -> AttnCall:
+    """The flavour-independent description of one attention call."""
+    shape = options.get("original_shape")
+    latent_hw = (int(shape[-2]), int(shape[-1])) if shape is not None else (q.shape[1], 1)
+    cond, uncond = cond_uncond_rows(options, q.shape[0])
+    sigmas = options.get("sigmas")
+    return AttnCall(layer=layer, heads=int(options["n_heads"]), hw=layer_hw(latent_hw, q.shape[1]),
+                    latent_hw=latent_hw, cond_rows=cond, uncond_rows=uncond, sigmas=sigmas,
+                    step=step_of(sigmas) if step_of is not None and sigmas is not None else None,
+                    options=options)
+
+
+PLAN_KEY = "omost_attention_plan"   # where the pass's plan lives in model_options (survives clone())
+FOREIGN_ATTR = "omost_wraps"         # set on our replaces: the foreign replace each one wraps (or None)
+OUR_PATCH_ATTR = "omost_plan_patch"  # set on our attn patches
+
+
+def foreign_replace(model_options: dict, target: str, layer: LayerKey):
+    """The replace another extension installed for this layer, if any (same lookup as the WebUI).
+
+    A replace of ours from an earlier install in this pass is seen through: what it wrapped is returned.
+    """
+    table = model_options.get("transformer_options", {}).get("patches_replace", {}).get(target, {})
+    fn = table.get(tuple(layer), table.get((layer.block, layer.number)))
+    return getattr(fn, FOREIGN_ATTR) if hasattr(fn, FOREIGN_ATTR) else fn
+
+
+def _inner(info: ModelInfo, foreign) -> Callable:
+    if foreign is not None:
+        return lambda q, k, v, call: foreign(q, k, v, call.options)
+    attention = info.attention
+    return lambda q, k, v, call: attention(q, k, v, call.heads)
+
+
+def _replace(fn, layer: LayerKey, step_of, foreign):
+    def replace(q, k, v, extra_options):
+        return fn(q, k, v, make_call(q, extra_options, layer, step_of))
+    setattr(replace, FOREIGN_ATTR, foreign)
+    return replace
+
+
+def _pre_projection_patch(plan: AttentionPlan, target: str, step_of):
+    def patch(n, context, value, extra_options):
+        block = extra_options.get("block")
+        if block is None:
+            return n, context, value
+        layer = layer_key(extra_options)
+        if not plan.pre_stages_for(target, layer):
+            return n, context, value
+        return plan.pre_projection(target, layer, n, context, value, make_call(n, extra_options, layer, step_of))
+    setattr(patch, OUR_PATCH_ATTR, True)
+    return patch
+
+
+def _drop_our_patches(model_options: dict) -> None:
+    patches = model_options.get("transformer_options", {}).get("patches", {})
+    for name in PATCH_NAMES.values():
+        if name in patches:
+            patches[name] = [f for f in patches[name] if not getattr(f, OUR_PATCH_ATTR, False)]
+
+
+def _restore_foreign(model_options: dict, target: str, layer: LayerKey, foreign) -> None:
+    """Take our replace (from an earlier install in this pass) off a layer, giving back what it wrapped."""
+    table = model_options.get("transformer_options", {}).get("patches_replace", {}).get(target, {})
+    if hasattr(table.get(tuple(layer)), FOREIGN_ATTR):
+        if foreign is None or table.get((layer.block, layer.number)) is foreign:
+            del table[tuple(layer)]
+        else:
+            table[tuple(layer)] = foreign
+
+
+def install_plan(unet, plan: AttentionPlan, info: ModelInfo, step_of: Callable | None = None) -> list[LayerKey]:
+    """Put ``plan`` on ``unet`` (a clone the caller owns), replacing what an earlier install of ours put there.
+
+    Returns the layers that got a replace. ``step_of(sigmas) -> int`` maps a call's sigmas to a sampling
+    step index, when the caller knows the schedule.
+    """
+    unet.model_options[PLAN_KEY] = plan
+    _drop_our_patches(unet.model_options)
+    installed = []
+    for target in (ATTN1, ATTN2):
+        setter = unet.set_model_attn1_replace if target == ATTN1 else unet.set_model_attn2_replace
+        for layer in info.layers:
+            foreign = foreign_replace(unet.model_options, target, layer)
+            fn = plan.build(target, layer, _inner(info, foreign))
+            if fn is None:
+                _restore_foreign(unet.model_options, target, layer, foreign)
+                continue
+            setter(_replace(fn, layer, step_of, foreign), layer.block, layer.number, layer.index)
+            installed.append(layer)
+        if any(plan.pre_stages_for(target, layer) for layer in info.layers):
+            patch_setter = unet.set_model_attn1_patch if target == ATTN1 else unet.set_model_attn2_patch
+            patch_setter(_pre_projection_patch(plan, target, step_of))
+    return installed
+
+
+def pass_plan(unet) -> AttentionPlan:
+    """The plan installed on this pass's UNet so far (empty at the start of a pass)."""
+    return unet.model_options.get(PLAN_KEY) or AttentionPlan()
+
+
+def apply_feature(p, feature_key: str, info: ModelInfo, stages=(), pre_stages=(), step_of=None) -> AttentionPlan:
+    """Set one feature's stages for this sampling pass and (re)install the whole plan once.
+
+    With no stages and nothing installed by us yet, the UNet is left untouched (off means off).
+    """
+    current = p.sd_model.forge_objects.unet
+    plan = pass_plan(current)
+    if not (stages or pre_stages) and feature_key not in plan.by_feature:
+        return plan
+    plan = plan.with_feature(feature_key, stages, pre_stages)
+    unet = current.clone()
+    install_plan(unet, plan, info, step_of)
+    p.sd_model.forge_objects.unet = unet
+    return plan

@@ -1,0 +1,141 @@
+"""WebUI surfaces generated from a feature's parameter declaration: components, paste-back, xyz axes.
+
+The components come out in declaration order after the accordion's enable flag, which is the API
+argument order; the paste-back table and the xyz axes are built from the same list.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from lib_omost.params import BOOL, CHOICE, FLOAT, INT, JSON, Feature, Param, ParamError, override
+
+log = logging.getLogger("sd-forge-omost")
+
+
+def event_js_kwarg(js: str) -> dict[str, str]:
+    """The keyword an event listener takes for JavaScript: ``js=`` on Gradio 4, ``_js=`` on Gradio 3."""
+    import gradio as gr
+    return {"js": js} if int(gr.__version__.split(".")[0]) >= 4 else {"_js": js}
+
+
+def elem_id(feature: Feature, name: str, is_img2img: bool) -> str:
+    tab = "img2img" if is_img2img else "txt2img"
+    return f"omost_{tab}_{feature.key}_{name}"
+
+
+def component(param: Param, elem: str):
+    """One gradio input for a parameter, with its default, range or choices."""
+    import gradio as gr
+    common = dict(label=param.label, value=param.default, elem_id=elem)
+    if param.help:
+        common["info"] = param.help
+    if param.kind == BOOL:
+        return gr.Checkbox(**common)
+    if param.kind in (INT, FLOAT):
+        step = param.step if param.step is not None else (1 if param.kind == INT else 0.01)
+        return gr.Slider(minimum=param.minimum, maximum=param.maximum, step=step, **common)
+    if param.kind == CHOICE:
+        return gr.Dropdown(choices=list(param.choices), **common)
+    return gr.Textbox(lines=6 if param.kind == JSON else 1, **common)
+
+
+def feature_components(feature: Feature, is_img2img: bool, build: Callable | None = None) -> tuple[Any, dict]:
+    """The accordion (enable flag) and {param name: component}.
+
+    ``build(make)`` may arrange the components itself (rows, extra buttons); it must call
+    ``make(name)`` once per parameter. Without it the components are stacked in declaration order.
+    """
+    from modules.ui_components import InputAccordion
+    made: dict[str, Any] = {}
+
+    def make(name: str):
+        made[name] = component(feature.by_name[name], elem_id(feature, name, is_img2img))
+        return made[name]
+
+    with InputAccordion(False, label=feature.title, elem_id=elem_id(feature, "enabled", is_img2img)) as enabled:
+        if build is None:
+            for param in feature.params:
+                make(param.name)
+        else:
+            build(make)
+    missing = [p.name for p in feature.params if p.name not in made]
+    if missing:
+        raise RuntimeError(f"{feature.title}: UI built without components for {missing}")
+    return enabled, made
+
+
+def paste_table(feature: Feature, enabled, components: dict) -> list[tuple[Any, Callable]]:
+    """(component, reader) pairs for ``Script.infotext_fields``: a PNG without this feature turns it off."""
+    def enabled_reader(params: dict) -> bool:
+        return str(params.get(feature.enabled_key, "False")).lower() == "true"
+
+    def reader(param: Param) -> Callable:
+        key = feature.infotext_key(param)
+
+        def read(params: dict):
+            if key not in params:
+                return None
+            try:
+                return param.coerce(params[key])
+            except ParamError as e:
+                log.warning("infotext paste: %s", e)
+                return None
+        return read
+
+    table = [(enabled, enabled_reader)]
+    table += [(components[p.name], reader(p)) for p in feature.params if p.infotext]
+    return table
+
+
+def install_script_ui(script, feature: Feature, is_img2img: bool, build: Callable | None = None) -> list:
+    """Build the accordion, set the script's paste-back tables, return the components in API order."""
+    enabled, components = feature_components(feature, is_img2img, build)
+    script.infotext_fields = paste_table(feature, enabled, components)
+    script.paste_field_names = [feature.enabled_key] + [feature.infotext_key(p) for p in feature.params if p.infotext]
+    return [enabled, *(components[p.name] for p in feature.params)]
+
+
+# --- X/Y/Z plot ------------------------------------------------------------------------------------
+
+def find_xyz_module(scripts_data) -> Any | None:
+    for data in scripts_data:
+        if data.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid"):
+            return data.module
+    return None
+
+
+def axis_options(xyz, feature: Feature) -> list:
+    """One AxisOption per sweepable parameter; its values are validated before the grid runs."""
+    options = []
+    for param in feature.xyz_params():
+        kind = {INT: int, FLOAT: float}.get(param.kind, str)
+
+        def apply(p, x, xs, param=param):
+            override(p, feature, param, x)
+
+        def confirm(p, xs, param=param):
+            for x in xs:
+                param.coerce(x)
+
+        choices = None
+        if param.kind == CHOICE:
+            choices = (lambda param=param: list(param.choices))
+        elif param.kind == BOOL:
+            choices = (lambda: ["True", "False"])
+        options.append(xyz.AxisOption(feature.xyz_label(param), kind, apply, confirm=confirm, choices=choices))
+    return options
+
+
+def register_xyz_axes(features: list[Feature]) -> bool:
+    """Append our axes to the X/Y/Z plot script (call from on_before_ui). False when no plot script exists."""
+    from modules import scripts
+    xyz = find_xyz_module(scripts.scripts_data)
+    if xyz is None:
+        log.info("X/Y/Z plot script not found; parameter axes not registered")
+        return False
+    existing = {option.label for option in xyz.axis_options}
+    for feature in features:
+        xyz.axis_options.extend(o for o in axis_options(xyz, feature) if o.label not in existing)
+    return True

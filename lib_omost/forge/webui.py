@@ -1,0 +1,124 @@
+"""What the extension needs to know about the running WebUI and its loaded model.
+
+Forge main / Neo expose the UNet through ``backend.*``; reForge / Forge Classic through ``ldm_patched.*``.
+Everything that differs between them is answered here, so that the rest of the extension never branches
+on the flavour.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+from lib_omost.attention.plan import LayerKey
+
+FORGE = "forge"        # Forge main and Neo: backend.*
+REFORGE = "reforge"    # reForge and Forge Classic: ldm_patched.*
+
+SUPPORTED_FAMILIES = ("sd15", "sd2", "sdxl")
+
+
+class UnsupportedModel(ValueError):
+    """The loaded model is not a UNet these patches can serve."""
+
+
+@lru_cache(maxsize=None)
+def flavour() -> str:
+    """Which backend this WebUI runs. Cached: a WebUI never changes its backend while running."""
+    for name, module in ((FORGE, "backend.patcher.unet"), (REFORGE, "ldm_patched.modules.model_patcher")):
+        try:
+            importlib.import_module(module)
+            return name
+        except ImportError:
+            continue
+    raise RuntimeError("neither Forge's backend nor reForge's ldm_patched can be imported: "
+                       "this extension needs Stable Diffusion WebUI Forge or reForge")
+
+
+def model_family(sd_model) -> str:
+    """"sd15", "sd2" or "sdxl"; anything else raises UnsupportedModel with a message for the user."""
+    if getattr(sd_model, "is_sdxl", False):
+        return "sdxl"
+    if getattr(sd_model, "is_sd2", False):
+        return "sd2"
+    if getattr(sd_model, "is_sd1", False):
+        return "sd15"
+    name = type(sd_model).__name__
+    raise UnsupportedModel(f"the loaded model ({name}) is not SD1.5, SD2 or SDXL; these attention and UNet "
+                           "patches only work on those UNet models (Flux, SD3 and other transformer models "
+                           "are not supported)")
+
+
+def attention_function() -> Callable:
+    """The WebUI's own attention: f(q, k, v, heads, mask=None) on [B, N, heads*dim] tensors."""
+    if flavour() == FORGE:
+        from backend.attention import attention_function as fn
+    else:
+        from ldm_patched.ldm.modules.attention import optimized_attention as fn
+    return fn
+
+
+def _diffusion_model(unet):
+    return unet.model.diffusion_model
+
+
+def model_channels(unet) -> int:
+    if flavour() == FORGE:
+        return int(_diffusion_model(unet).config["model_channels"])
+    return int(unet.model.model_config.unet_config["model_channels"])
+
+
+def model_sampling(unet):
+    """The object with percent_to_sigma(p), timestep(sigma) and sigma(timestep)."""
+    if flavour() == FORGE:
+        return unet.model.predictor
+    return unet.get_model_object("model_sampling")
+
+
+def attention_layers(unet) -> dict[LayerKey, int]:
+    """Every transformer block of the UNet with its channel count, in forward order."""
+    dm = _diffusion_model(unet)
+    layers: dict[LayerKey, int] = {}
+    groups = [("input", list(dm.input_blocks)), ("middle", [dm.middle_block]), ("output", list(dm.output_blocks))]
+    for block, modules in groups:
+        for number, module in enumerate(modules):
+            for layer in module:
+                blocks = getattr(layer, "transformer_blocks", None)
+                if blocks is None:
+                    continue
+                for index in range(len(blocks)):
+                    layers[LayerKey(block, number, index)] = int(layer.in_channels)
+    return layers
+
+
+@dataclass
+class ModelInfo:
+    """Facts about the loaded model, read once per sampling pass."""
+    family: str
+    model_channels: int
+    layers: dict[LayerKey, int]
+    percent_to_sigma: Callable[[float], float]
+    sigma_to_timestep: Callable
+    attention: Callable = field(repr=False)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+    def depth(self, layer: LayerKey) -> int:
+        """channels / model_channels (1, 2, 4 ...) of a layer."""
+        return self.layers[layer] // self.model_channels
+
+
+def model_info(sd_model, unet) -> ModelInfo:
+    sampling = model_sampling(unet)
+    return ModelInfo(
+        family=model_family(sd_model),
+        model_channels=model_channels(unet),
+        layers=attention_layers(unet),
+        percent_to_sigma=lambda p: float(sampling.percent_to_sigma(p)),
+        sigma_to_timestep=sampling.timestep,
+        attention=attention_function(),
+    )

@@ -1,0 +1,198 @@
+"""One declaration per feature parameter; UI, infotext, paste-back, xyz and API order all derive from it.
+
+A ``Feature`` lists its ``Param``s once. The enable flag is implicit and always first (it is the
+accordion). From the declaration come:
+
+* the API argument order: ``[enabled, *params]`` (``Feature.arg_names``);
+* argument validation with clear messages (``Feature.values``): type, range, choices;
+* infotext entries ``"<Title> <label>: value"`` and their parsing back (``to_infotext`` / ``from_infotext``);
+* xyz overrides stored on ``p`` (``override`` / ``overrides_of``), which also enable the feature for that cell;
+* the WebUI components (``lib_omost.forge.ui`` builds them from the same list).
+
+Pure Python: no gradio, no WebUI imports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+BOOL, INT, FLOAT, CHOICE, TEXT, JSON = "bool", "int", "float", "choice", "text", "json"
+KINDS = (BOOL, INT, FLOAT, CHOICE, TEXT, JSON)
+
+OVERRIDES_ATTR = "omost_overrides"   # attribute set on a per-cell copy of p by xyz axes
+
+
+class ParamError(ValueError):
+    """An argument that does not fit its declaration; the message names the parameter and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str                       # identifier, unique inside its feature
+    label: str                      # UI label; also the infotext key after the feature title
+    kind: str
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+    xyz: bool = True                # offered as an X/Y/Z plot axis (numbers and choices)
+    infotext: bool = True           # written to / read from the infotext
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {KINDS}")
+        if self.kind == CHOICE and self.default not in self.choices:
+            raise ValueError(f"{self.name}: default {self.default!r} is not among its choices")
+
+    def coerce(self, value: Any) -> Any:
+        """The value as this parameter's type, or ParamError naming what is allowed."""
+        try:
+            return self._coerce(value)
+        except ParamError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ParamError(f"{self.label}: {value!r} is not a valid {self.kind} ({e})") from None
+
+    def _coerce(self, value: Any) -> Any:
+        if self.kind == BOOL:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off", ""):
+                    return False
+                raise ParamError(f"{self.label}: {value!r} is not true or false")
+            return bool(value)
+        if self.kind in (INT, FLOAT):
+            if isinstance(value, bool):
+                raise ParamError(f"{self.label}: expected a number, got {value!r}")
+            number = float(value)
+            if number != number:
+                raise ParamError(f"{self.label}: NaN is not allowed")
+            if self.kind == INT:
+                if number != int(number):
+                    raise ParamError(f"{self.label}: expected a whole number, got {value!r}")
+                number = int(number)
+            self._check_range(number)
+            return number
+        if self.kind == CHOICE:
+            text = str(value).strip()
+            for choice in self.choices:
+                if choice.lower() == text.lower():
+                    return choice
+            raise ParamError(f"{self.label}: {value!r} is not one of {', '.join(self.choices)}")
+        if self.kind == JSON:
+            if isinstance(value, str):
+                return value
+            return json.dumps(value, ensure_ascii=False)
+        return "" if value is None else str(value)
+
+    def _check_range(self, number: float) -> None:
+        low = self.minimum if self.minimum is not None else float("-inf")
+        high = self.maximum if self.maximum is not None else float("inf")
+        if not low <= number <= high:
+            raise ParamError(f"{self.label}: {number:g} is outside the allowed range {low:g} to {high:g}")
+
+    def format(self, value: Any) -> str:
+        if self.kind == FLOAT:
+            return f"{value:g}"
+        if self.kind == BOOL:
+            return "True" if value else "False"
+        return str(value)
+
+
+@dataclass(frozen=True)
+class Feature:
+    key: str                        # short identifier, e.g. "refdrop"
+    title: str                      # accordion label, script title and API key
+    params: tuple[Param, ...]
+    enabled_label: str = ""         # infotext key of the enable flag (default: the title)
+    by_name: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.key}: duplicate parameter names")
+        object.__setattr__(self, "by_name", {p.name: p for p in self.params})
+
+    # --- API order and validation -------------------------------------------------------------
+    @property
+    def arg_names(self) -> list[str]:
+        return ["enabled", *(p.name for p in self.params)]
+
+    def defaults(self) -> dict[str, Any]:
+        return {"enabled": False, **{p.name: p.default for p in self.params}}
+
+    def values(self, args: Sequence[Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Positional script args (missing trailing ones take defaults) plus xyz overrides, validated.
+
+        Raises ParamError listing every bad argument. An override of any parameter enables the feature:
+        sweeping a parameter of a disabled feature would otherwise silently change nothing.
+        """
+        if len(args) > len(self.params) + 1:
+            raise ParamError(f"{self.title}: got {len(args)} arguments, expected at most {len(self.params) + 1} "
+                             f"({', '.join(self.arg_names)})")
+        raw = self.defaults()
+        raw.update(zip(self.arg_names, args))
+        mine = {k.split(".", 1)[1]: v for k, v in (overrides or {}).items() if k.split(".", 1)[0] == self.key}
+        raw.update(mine)
+        if any(name != "enabled" for name in mine):
+            raw["enabled"] = True
+        errors, out = [], {"enabled": bool(raw["enabled"])}
+        for param in self.params:
+            try:
+                out[param.name] = param.coerce(raw[param.name])
+            except ParamError as e:
+                errors.append(str(e))
+        if errors:
+            raise ParamError(f"{self.title}: " + "; ".join(errors))
+        return out
+
+    # --- infotext -------------------------------------------------------------------------------
+    @property
+    def enabled_key(self) -> str:
+        return self.enabled_label or self.title
+
+    def infotext_key(self, param: Param) -> str:
+        return f"{self.title} {param.label}"
+
+    def to_infotext(self, values: dict[str, Any]) -> dict[str, str]:
+        """The infotext entries of one generation (nothing when the feature is off)."""
+        if not values.get("enabled"):
+            return {}
+        out = {self.enabled_key: "True"}
+        for param in self.params:
+            if param.infotext:
+                out[self.infotext_key(param)] = param.format(values[param.name])
+        return out
+
+    def from_infotext(self, params: dict[str, str]) -> dict[str, Any]:
+        """Values read back from a parsed infotext; absent keys keep their defaults, bad ones are reported."""
+        out = self.defaults()
+        out["enabled"] = str(params.get(self.enabled_key, "False")).lower() == "true"
+        for param in self.params:
+            key = self.infotext_key(param)
+            if param.infotext and key in params:
+                out[param.name] = param.coerce(params[key])
+        return out
+
+    # --- xyz ------------------------------------------------------------------------------------
+    def xyz_params(self) -> list[Param]:
+        return [p for p in self.params if p.xyz and p.kind in (INT, FLOAT, CHOICE, BOOL)]
+
+    def xyz_label(self, param: Param) -> str:
+        return f"[{self.title}] {param.label}"
+
+
+def override(p, feature: Feature, param: Param, value: Any) -> None:
+    """Record an xyz cell's value on its copy of ``p`` (a new dict: cells never share one)."""
+    value = param.coerce(value)
+    setattr(p, OVERRIDES_ATTR, {**getattr(p, OVERRIDES_ATTR, {}), f"{feature.key}.{param.name}": value})
+
+
+def overrides_of(p) -> dict[str, Any]:
+    return dict(getattr(p, OVERRIDES_ATTR, {}) or {})
