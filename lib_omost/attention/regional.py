@@ -1,0 +1,422 @@
+"""Regional cross-attention: Omost score manipulation, attention couple and DenseDiffusion.
+
+Pure torch, in the WebUI's attention-replace layout (q ``[B, N, heads*d]``, k/v ``[B, L, heads*d]``).
+
+Regional inputs shared by every method:
+
+* ``token_regions`` -- LongTensor ``[L0]``: the region index of every token of the concatenated regional
+  context (region order = the canvas order: 0 is the global region, then regions far -> near). When the
+  WebUI repeats a cond to an LCM length the map is tiled the same way (``tile_token_regions``); every
+  method here does that itself when ``k`` is longer than the map, and raises when the length does not
+  divide.
+* ``region_masks`` -- ``[R, N]`` pixel masks at the layer's ``h*w`` grid (``masks_at_layer``), bool for the
+  hard-mask methods, bool or float (soft) for attention couple. Every pixel must lie in at least one region
+  that owns tokens (the global region normally covers everything); otherwise a clear error is raised.
+
+Every method takes ``cond_rows``: the batch rows that carry the regional context. The other rows (the
+negative prompt) get plain attention over their own context (``attention_by_rows``). ``None`` = all rows.
+
+Which methods are hard masks (perturbing region B's tokens leaves every pixel outside B unchanged):
+Omost score manipulation at strength >= 1 and attention couple at strength 1 (average and overlay).
+DenseDiffusion is soft (it only pushes scores towards the row max / min): region B's tokens still reach
+pixels outside B, so it is not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .core import attention, merge_heads, scale, split_heads
+
+COUPLE_MODES = ("average", "overlay")
+DENSE_CROSS_WEIGHT = 1.0    # DenseDiffusion's w for cross-attention (w^c)
+DENSE_SELF_WEIGHT = 0.3     # DenseDiffusion's w for self-attention (w^s)
+
+RegionalFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+def tile_token_regions(token_regions: torch.Tensor, context_len: int) -> torch.Tensor:
+    """The token->region map of a cond that the WebUI repeated to ``context_len`` tokens.
+
+    The WebUI repeats the whole token sequence ``context_len / L`` times (``c.repeat(1, n, 1)``), so the map
+    is tiled, not interleaved. Equal lengths return the map itself.
+    """
+    length = int(token_regions.shape[0])
+    if token_regions.dim() != 1 or length == 0:
+        raise ValueError(f"token_regions must be a non-empty 1-D tensor, got shape {tuple(token_regions.shape)}")
+    if context_len == length:
+        return token_regions
+    if context_len % length:
+        raise ValueError(f"the context has {context_len} tokens, which is not a whole repetition of the "
+                         f"{length}-token regional cond (the WebUI repeats conds to a common multiple); "
+                         f"was the token->region map built for this cond?")
+    return token_regions.repeat(context_len // length)
+
+
+def masks_at_layer(masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Canvas masks ``[R, H0, W0]`` resized to a layer's ``hw`` grid with nearest-exact, flattened ``[R, h*w]``.
+
+    Bool masks stay bool; float (soft) masks stay float.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks must be [regions, height, width], got shape {tuple(masks.shape)}")
+    resized = F.interpolate(masks[:, None].float(), size=tuple(hw), mode="nearest-exact")[:, 0]
+    resized = resized.flatten(1)
+    return resized > 0.5 if masks.dtype == torch.bool else resized.to(masks.dtype)
+
+
+def _check_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, n_pixels: int,
+                  context_len: int, hard: bool) -> torch.Tensor:
+    """Validate the regional inputs against one call; return the map tiled to ``context_len``."""
+    if region_masks.dim() != 2 or region_masks.shape[1] != n_pixels:
+        raise ValueError(f"region_masks must be [regions, {n_pixels}] for this layer "
+                         f"(masks_at_layer with the layer's h, w), got shape {tuple(region_masks.shape)}")
+    if hard and region_masks.dtype != torch.bool:
+        raise TypeError(f"this method needs hard (bool) region masks, got {region_masks.dtype}; "
+                        f"threshold soft masks first (masks > 0.5)")
+    if token_regions.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"token_regions must be an integer tensor, got {token_regions.dtype}")
+    n_regions = region_masks.shape[0]
+    low, high = int(token_regions.min()), int(token_regions.max())
+    if low < 0 or high >= n_regions:
+        raise ValueError(f"token_regions holds region {low if low < 0 else high}, "
+                         f"but only regions 0..{n_regions - 1} have masks")
+    present = torch.zeros(n_regions, dtype=torch.bool)
+    present[token_regions.cpu().long()] = True
+    covered = (region_masks[present.to(region_masks.device)] != 0).any(0)
+    if not bool(covered.all()):
+        missing = int((~covered).sum())
+        raise ValueError(f"{missing} of {n_pixels} pixels lie in no region that has tokens; the global region "
+                         f"(region 0) must cover the whole canvas")
+    return tile_token_regions(token_regions, context_len).to(region_masks.device).long()
+
+
+def region_areas(region_masks: torch.Tensor) -> torch.Tensor:
+    """Pixels of each region at this layer, ``[R]`` (float64; soft masks count fractionally)."""
+    return region_masks.double().sum(1)
+
+
+def allowed_tokens(token_regions: torch.Tensor, region_masks: torch.Tensor) -> torch.Tensor:
+    """``[N, L]`` bool: pixel i may attend token j iff pixel i lies inside region r(j)."""
+    return region_masks.bool().t()[:, token_regions]
+
+
+def owner_regions(region_masks: torch.Tensor) -> torch.Tensor:
+    """``[N]`` the nearest region containing each pixel: the last region (in far -> near order) whose mask
+    holds it. Raises when a pixel lies in no region."""
+    inside = region_masks != 0
+    if not bool(inside.any(0).all()):
+        raise ValueError("some pixels lie in no region; the global region (region 0) must cover the canvas")
+    n_regions = inside.shape[0]
+    return (n_regions - 1) - inside.flip(0).int().argmax(0)
+
+
+def _region_weights(region_weights, n_regions: int, device) -> torch.Tensor:
+    if region_weights is None:
+        return torch.ones(n_regions, dtype=torch.float64, device=device)
+    weights = torch.as_tensor(region_weights, dtype=torch.float64, device=device).flatten()
+    if weights.shape[0] != n_regions:
+        raise ValueError(f"region_weights has {weights.shape[0]} entries for {n_regions} regions")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"region_weights must be finite and >= 0, got {weights.tolist()}")
+    return weights
+
+
+def _check_strength(strength: float) -> float:
+    strength = float(strength)
+    if not math.isfinite(strength) or strength < 0:
+        raise ValueError(f"strength must be a finite number >= 0, got {strength}")
+    return strength
+
+
+# ------------------------------------------------------------------------------ cond / uncond rows
+
+def attention_by_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                      cond_rows: Sequence[int] | None, regional: RegionalFn) -> torch.Tensor:
+    """``regional(q, k, v)`` on the batch rows in ``cond_rows``, plain attention on the others.
+
+    In one UNet call every row shares one context length (the WebUI repeats conds to their LCM), so k/v are
+    plain tensors; rows may be in any order (uncond first or last, several images per chunk).
+    ``cond_rows=None`` means every row is regional; an empty list means none is.
+    """
+    batch = q.shape[0]
+    if cond_rows is None:
+        return regional(q, k, v)
+    rows = sorted(int(r) for r in cond_rows)
+    if len(set(rows)) != len(rows) or any(r < 0 or r >= batch for r in rows):
+        raise ValueError(f"cond_rows {list(cond_rows)} must be distinct rows of a batch of {batch}")
+    if not rows:
+        return attention(q, k, v, heads)
+    if len(rows) == batch:
+        return regional(q, k, v)
+    chosen = set(rows)
+    others = [r for r in range(batch) if r not in chosen]
+    rows_t = torch.tensor(rows, device=q.device)
+    others_t = torch.tensor(others, device=q.device)
+    out = q.new_empty(batch, q.shape[1], v.shape[2])
+    out[rows_t] = regional(q[rows_t], k[rows_t], v[rows_t])
+    out[others_t] = attention(q[others_t], k[others_t], v[others_t], heads)
+    return out
+
+
+# --------------------------------------------------------------- (a) Omost score manipulation
+
+def omost_key_scale(token_regions: torch.Tensor, region_masks: torch.Tensor, strength: float = 1.0,
+                    region_weights=None) -> torch.Tensor:
+    """Per-token logit multiplier ``[L]`` (float64): ``w_r(j) * (N / A_r(j)) ** strength``.
+
+    A region with no pixel at this layer counts as area 1 (its tokens are masked for every pixel anyway;
+    this keeps the keys finite).
+    """
+    n_pixels = region_masks.shape[1]
+    areas = region_areas(region_masks).clamp_min(1.0)
+    weights = _region_weights(region_weights, region_masks.shape[0], region_masks.device)
+    per_region = weights * (n_pixels / areas) ** strength
+    return per_region[token_regions]
+
+
+def omost_bias(token_regions: torch.Tensor, region_masks: torch.Tensor, strength: float,
+               dtype: torch.dtype) -> torch.Tensor:
+    """Additive ``[N, L]`` mask: 0 where pixel i is inside region r(j), else ``log(1 - strength)``
+    (``-inf`` for strength >= 1)."""
+    allowed = allowed_tokens(token_regions, region_masks)
+    outside = math.log(1.0 - strength) if strength < 1.0 else float("-inf")
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, outside)
+
+
+def omost_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                    token_regions: torch.Tensor, region_masks: torch.Tensor, *, strength: float = 1.0,
+                    region_weights=None, cond_rows: Sequence[int] | None = None) -> torch.Tensor:
+    """Omost score manipulation on the ``cond_rows`` (plain attention on the others).
+
+    At strength 1: ``logit_ij = (q_i . k_j / sqrt d) * N / A_r(j)`` if pixel i is inside region r(j), else
+    ``-inf``. Computed without an ``N x L`` logits tensor: key j is scaled by ``s_j`` and SDPA gets the
+    region mask (as its additive 0 / -inf form: PyTorch's CPU kernel takes its fused path only for float
+    masks, and on CUDA both forms use the same kernel).
+
+    ``strength`` (>= 0): the key scale becomes ``w_r * (N / A_r) ** strength`` and a token outside the pixel's
+    regions keeps a factor ``1 - strength`` of its softmax weight (additive bias ``log(1 - strength)``); at
+    strength >= 1 the mask is hard (values above 1 sharpen the area emphasis only). Strength 0 is plain
+    attention over the whole context, returned by the plain path (weights are then ignored).
+    ``region_weights`` (``[R]``, >= 0, default 1): multiplies the logits of that region's tokens, like the
+    area factor itself (1 = Omost's behaviour).
+    """
+    strength = _check_strength(strength)
+    if strength == 0.0:
+        return attention(q, k, v, heads)
+    regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
+
+    def regional(q_, k_, v_):
+        key_scale = omost_key_scale(regions, region_masks, strength, region_weights)
+        bias = omost_bias(regions, region_masks, strength, q_.dtype)
+        return attention(q_, k_ * key_scale.to(k_)[:, None], v_, heads, mask=bias)
+
+    return attention_by_rows(q, k, v, heads, cond_rows, regional)
+
+
+def omost_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                             token_regions: torch.Tensor, region_masks: torch.Tensor, *,
+                             strength: float = 1.0, region_weights=None) -> torch.Tensor:
+    """Reference formulation of ``omost_attention`` (all rows regional) with explicit ``[B, H, N, L]``
+    logits, as the original Omost pipeline computes them. Slow; for tests and the benchmark baseline."""
+    strength = _check_strength(strength)
+    regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
+    qh, kh, vh = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
+    logits = (qh @ kh.transpose(-1, -2)) * scale(qh.shape[-1])
+    logits = logits * omost_key_scale(regions, region_masks, strength, region_weights).to(logits)
+    logits = logits + omost_bias(regions, region_masks, strength, logits.dtype)
+    return merge_heads(logits.softmax(-1) @ vh)
+
+
+# ----------------------------------------------------------------------- (b) attention couple
+
+def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_weights=None) -> torch.Tensor:
+    """``[R, N]`` mixing weights of attention couple (float64).
+
+    average: ``w_r(i) = u_r m_r(i) / sum_s u_s m_s(i)`` (``u`` = region_weights, default 1; soft masks
+    allowed). overlay: 1 for the nearest region containing pixel i (the last one in far -> near order), 0
+    for the others (``region_weights`` do not apply).
+    """
+    if mode not in COUPLE_MODES:
+        raise ValueError(f"attention couple mode {mode!r} is not one of {', '.join(COUPLE_MODES)}")
+    if mode == "overlay":
+        owner = owner_regions(region_masks)
+        return F.one_hot(owner, region_masks.shape[0]).t().double()
+    weights = _region_weights(region_weights, region_masks.shape[0], region_masks.device)
+    weighted = region_masks.double() * weights[:, None]
+    total = weighted.sum(0)
+    if not bool((total > 0).all()):
+        raise ValueError("some pixels have no region with a positive mask and weight; the global region "
+                         "(region 0) must cover the canvas with a weight above 0")
+    return weighted / total
+
+
+def _region_stack(token_regions: torch.Tensor, regions: torch.Tensor):
+    """Token indices ``[R', Lmax]`` of each listed region (padded with index 0) and the padding mask."""
+    groups = [torch.nonzero(token_regions == r).flatten() for r in regions.tolist()]
+    longest = max(len(g) for g in groups)
+    index = torch.zeros(len(groups), longest, dtype=torch.long, device=token_regions.device)
+    valid = torch.zeros(len(groups), longest, dtype=torch.bool, device=token_regions.device)
+    for row, group in enumerate(groups):
+        index[row, :len(group)] = group
+        valid[row, :len(group)] = True
+    return index, valid
+
+
+def _couple_average(q, k, v, heads, regions, weights):
+    """sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r, every region in one SDPA call (regions stacked along
+    the batch axis, K/V padded to the longest region with masked keys)."""
+    used = torch.nonzero((weights > 0).any(1)).flatten()
+    index, valid = _region_stack(regions, used)
+    n_used, longest = index.shape
+    batch, n_pixels, width = q.shape
+    qh = split_heads(q, heads)                                         # [B, H, N, D]
+    qs = qh.unsqueeze(1).expand(batch, n_used, *qh.shape[1:]).reshape(batch * n_used, *qh.shape[1:])
+    ks = split_heads(k[:, index.flatten()].reshape(batch * n_used, longest, k.shape[2]), heads)
+    vs = split_heads(v[:, index.flatten()].reshape(batch * n_used, longest, v.shape[2]), heads)
+    mask = None
+    if not bool(valid.all()):
+        pad = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
+        mask = pad.repeat(batch, 1)[:, None, None, :]                  # [B*R', 1, 1, Lmax]
+    out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)   # [B*R', H, N, Dv]
+    out = merge_heads(out).view(batch, n_used, n_pixels, -1)
+    return torch.einsum("brnc,rn->bnc", out, weights[used].to(out))
+
+
+def attention_couple(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                     token_regions: torch.Tensor, region_masks: torch.Tensor, *, mode: str = "average",
+                     strength: float = 1.0, region_weights=None,
+                     cond_rows: Sequence[int] | None = None) -> torch.Tensor:
+    """Attention couple on the ``cond_rows``: ``y_i = sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r``.
+
+    ``mode`` "average" uses ``couple_weights`` (soft masks allowed) and runs all regions in one SDPA call
+    with the regions stacked along the batch axis; "overlay" (the nearest region wins a pixel) is a single
+    masked SDPA over the concatenated context, pixel i attending only its owner region's tokens, which
+    is the same sum with one-hot weights. ``strength`` in [0, 1] blends with plain attention over the whole
+    context: ``(1 - strength) * plain + strength * couple`` (0 and 1 skip the unused term).
+    """
+    strength = _check_strength(strength)
+    if strength > 1.0:
+        raise ValueError(f"attention couple strength must be between 0 and 1, got {strength}")
+    if mode not in COUPLE_MODES:
+        raise ValueError(f"attention couple mode {mode!r} is not one of {', '.join(COUPLE_MODES)}")
+    if strength == 0.0:
+        return attention(q, k, v, heads)
+    regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=(mode == "overlay"))
+    if mode == "overlay":
+        owner = owner_regions(region_masks)
+        if not bool(torch.isin(owner, regions).all()):
+            raise ValueError("in overlay mode the nearest region of every pixel must have tokens")
+        bias = torch.zeros(owner.shape[0], regions.shape[0], device=q.device)
+        bias.masked_fill_(owner[:, None] != regions[None, :], float("-inf"))
+    else:
+        weights = couple_weights(region_masks, mode, region_weights)
+        orphan = weights[~torch.isin(torch.arange(weights.shape[0], device=weights.device), regions)]
+        if bool((orphan > 0).any()):
+            raise ValueError("a region with a positive mask has no tokens in the context")
+
+    def regional(q_, k_, v_):
+        if mode == "overlay":
+            out = attention(q_, k_, v_, heads, mask=bias.to(q_.dtype))
+        else:
+            out = _couple_average(q_, k_, v_, heads, regions, weights)
+        if strength < 1.0:
+            out = torch.lerp(attention(q_, k_, v_, heads), out, strength)
+        return out
+
+    return attention_by_rows(q, k, v, heads, cond_rows, regional)
+
+
+# ---------------------------------------------------------------------- (c) DenseDiffusion
+
+def dense_size_regularizer(region_masks: torch.Tensor, size_weight: float = 1.0) -> torch.Tensor:
+    """``S_i = 1 - size_weight * A_owner(i) / N`` (``[N]``), with owner(i) the nearest region holding pixel i.
+
+    DenseDiffusion's segments form a partition; canvas regions overlap (the global one covers all), so a
+    pixel's region is its nearest one (the one drawn on top), and pixels only the global region covers get
+    ``1 - size_weight``.
+    """
+    owner = owner_regions(region_masks)
+    areas = region_areas(region_masks.bool())
+    return 1.0 - size_weight * areas[owner] / region_masks.shape[1]
+
+
+def dense_cross_layout(token_regions: torch.Tensor, region_masks: torch.Tensor,
+                       size_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-attention layout ``(allowed [N, L], S [N])``: pixel i is paired with token j iff it lies in
+    region r(j) (the global region's tokens pair with every pixel)."""
+    return allowed_tokens(token_regions, region_masks), dense_size_regularizer(region_masks, size_weight)
+
+
+def dense_self_layout(region_masks: torch.Tensor, size_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention layout ``(allowed [N, N], S [N])``: pixels i and j are paired iff they have the same
+    nearest region (DenseDiffusion's same-segment rule on the partition of nearest regions)."""
+    owner = owner_regions(region_masks)
+    return owner[:, None] == owner[None, :], dense_size_regularizer(region_masks, size_weight)
+
+
+def dense_time_factor(timestep: float) -> float:
+    """``lambda_t = (t / 1000) ** 5`` with t the model timestep (0..1000)."""
+    if not 0.0 <= float(timestep) <= 1000.0:
+        raise ValueError(f"timestep must be between 0 and 1000, got {timestep}")
+    return (float(timestep) / 1000.0) ** 5
+
+
+def densediffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                             allowed: torch.Tensor, size_reg: torch.Tensor, timestep: float, *,
+                             weight: float = DENSE_CROSS_WEIGHT,
+                             cond_rows: Sequence[int] | None = None) -> torch.Tensor:
+    """DenseDiffusion attention modulation on the ``cond_rows`` (plain attention on the others).
+
+    With ``s = QK^T / sqrt d`` per head and ``c_i = weight * lambda_t * S_i``:
+    ``s'_ij = s_ij + c_i (rowmax_i - s_ij)`` where ``allowed[i, j]``, else ``s_ij - c_i (s_ij - rowmin_i)``;
+    then softmax and V. ``weight`` is DenseDiffusion's w (1.0 cross-attention, 0.3 self-attention); a UI
+    strength multiplies it. Logits are explicit (float32 at least). ``allowed``/``size_reg`` come from
+    ``dense_cross_layout`` (tile the token map to the context first) or ``dense_self_layout``.
+    """
+    n_pixels, context_len = q.shape[1], k.shape[1]
+    if tuple(allowed.shape) != (n_pixels, context_len):
+        raise ValueError(f"allowed must be [{n_pixels}, {context_len}] for this call, got {tuple(allowed.shape)}")
+    if tuple(size_reg.shape) != (n_pixels,):
+        raise ValueError(f"size_reg must be [{n_pixels}], got {tuple(size_reg.shape)}")
+    factor = float(weight) * dense_time_factor(timestep)
+
+    def regional(q_, k_, v_):
+        compute = torch.promote_types(q_.dtype, torch.float32)
+        qh, kh, vh = (split_heads(x, heads).to(compute) for x in (q_, k_, v_))
+        s = (qh @ kh.transpose(-1, -2)) * scale(qh.shape[-1])
+        c = (factor * size_reg.to(s))[:, None]
+        rowmax, rowmin = s.amax(-1, keepdim=True), s.amin(-1, keepdim=True)
+        s = torch.where(allowed, s + c * (rowmax - s), s - c * (s - rowmin))
+        return merge_heads(s.softmax(-1) @ vh).to(q_.dtype)
+
+    return attention_by_rows(q, k, v, heads, cond_rows, regional)
+
+
+def densediffusion_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                                   token_regions: torch.Tensor, region_masks: torch.Tensor, timestep: float,
+                                   *, weight: float = DENSE_CROSS_WEIGHT, size_weight: float = 1.0,
+                                   cond_rows: Sequence[int] | None = None) -> torch.Tensor:
+    """DenseDiffusion on cross-attention from the regional inputs (tiles the token map as needed)."""
+    regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
+    allowed, size_reg = dense_cross_layout(regions, region_masks, size_weight)
+    return densediffusion_attention(q, k, v, heads, allowed, size_reg, timestep, weight=weight,
+                                    cond_rows=cond_rows)
+
+
+def densediffusion_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                                  region_masks: torch.Tensor, timestep: float, *,
+                                  weight: float = DENSE_SELF_WEIGHT, size_weight: float = 1.0,
+                                  cond_rows: Sequence[int] | None = None) -> torch.Tensor:
+    """DenseDiffusion on self-attention (k/v from the image itself, ``L == N``)."""
+    if region_masks.dtype != torch.bool:
+        raise TypeError(f"DenseDiffusion needs hard (bool) region masks, got {region_masks.dtype}")
+    allowed, size_reg = dense_self_layout(region_masks, size_weight)
+    return densediffusion_attention(q, k, v, heads, allowed, size_reg, timestep, weight=weight,
+                                    cond_rows=cond_rows)
