@@ -74,7 +74,7 @@ def _inner(info: ModelInfo, foreign) -> Callable:
     if foreign is not None:
         return lambda q, k, v, call: foreign(q, k, v, call.options)
     attention = info.attention
-    return lambda q, k, v, call: attention(q, k, v, call.heads)
+    return lambda q, k, v, call: attention(q, k, v, call.heads, call.options)
 
 
 def _replace(fn, layer: LayerKey, step_of, foreign):

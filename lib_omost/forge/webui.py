@@ -52,12 +52,17 @@ def model_family(sd_model) -> str:
 
 
 def attention_function() -> Callable:
-    """The WebUI's own attention: f(q, k, v, heads, mask=None) on [B, N, heads*dim] tensors."""
+    """The WebUI's own attention as f(q, k, v, heads, options) on [B, N, heads*dim] tensors.
+
+    Called exactly as the WebUI's CrossAttention calls it, so a layer where no stage acts computes what
+    the unpatched WebUI computes (reForge passes the block's attn_precision along).
+    """
     if flavour() == FORGE:
-        from backend.attention import attention_function as fn
-    else:
-        from ldm_patched.ldm.modules.attention import optimized_attention as fn
-    return fn
+        from backend.attention import attention_function as forge_attention
+        return lambda q, k, v, heads, options: forge_attention(q, k, v, heads)
+    from ldm_patched.ldm.modules import attention as reforge
+    return lambda q, k, v, heads, options: reforge.optimized_attention(
+        q, k, v, heads, attn_precision=options.get("attn_precision"))
 
 
 def _diffusion_model(unet):
