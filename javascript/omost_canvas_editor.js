@@ -305,7 +305,7 @@
         }
         this.error = null;
         this.note = res.note;
-        if (this.doc && m.canonical(res.doc) === m.canonical(this.doc)) {
+        if (this.doc && m.sameCanvas(res.doc, this.doc)) {
             this.refresh();
             return;
         }
@@ -883,7 +883,8 @@
 
     /* Mount (or re-mount after Gradio re-rendered) an editor for every tab whose elements exist. */
     function mountAll() {
-        if (!ns.model) return;
+        if (!pollTimer) pollTimer = setInterval(mountAll, POLL_MS);
+        if (!ns.model) return;  // omost_canvas_model.js not run yet
         TABS.forEach(function (tab) {
             if (!editors[tab]) {
                 if (!findById('omost_' + tab + '_canvas_editor') || !findById('omost_' + tab + '_canvas_json')) return;
@@ -891,7 +892,6 @@
             }
             editors[tab].sync();
         });
-        if (!pollTimer) pollTimer = setInterval(mountAll, POLL_MS);
     }
 
     ns.Editor = Editor;

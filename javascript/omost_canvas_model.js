@@ -140,6 +140,16 @@
 
     function serialize(doc) { return JSON.stringify(doc, null, 2); }
 
+    /* Same canvas whatever the key order, number spelling (5 / 5.0) or an omitted default weight. */
+    function sameCanvas(a, b) {
+        var key = function (doc) {
+            var d = clone(doc);
+            d.regions.forEach(function (r) { if (r.weight === undefined) r.weight = 1; });
+            return canonical(d);
+        };
+        return key(a) === key(b);
+    }
+
     // ---- validation -------------------------------------------------------------------------------
 
     function FormatError(path, message) {
@@ -511,6 +521,7 @@
         cssColor: cssColor,
         orderedIndices: orderedIndices,
         canonical: canonical,
+        sameCanvas: sameCanvas,
         serialize: serialize,
         clone: clone,
         validateCanvas: validateCanvas,

@@ -159,14 +159,21 @@ after(async () => {
     if (server) server.close();
 });
 
-/* A fresh page with the editor mounted; records every request and page error. */
+let sharedPage;
+
+/* The test page freshly loaded (one tab reused: a new renderer per test costs more than the test) with the
+ * editor mounted; records every request and uncaught error. */
 async function openEditor(canvasText) {
-    const context = await browser.newContext({ viewport: { width: 1100, height: 1000 }, deviceScaleFactor: 1 });
-    const page = await context.newPage();
+    if (!sharedPage) {
+        const context = await browser.newContext({ viewport: { width: 1100, height: 1000 }, deviceScaleFactor: 1 });
+        sharedPage = await context.newPage();
+        sharedPage.on('request', (r) => sharedPage.requests.push(r.url()));
+        sharedPage.on('pageerror', (e) => sharedPage.errors.push(String(e)));
+    }
+    const page = sharedPage;
+    await page.goto('about:blank');
     page.requests = [];
     page.errors = [];
-    page.on('request', (r) => page.requests.push(r.url()));
-    page.on('pageerror', (e) => page.errors.push(String(e)));
     const query = canvasText === undefined ? '' : `?canvas=${encodeURIComponent(canvasText)}`;
     await page.goto(`${origin}/page.html${query}`);
     await page.waitForFunction(() => {
@@ -180,7 +187,6 @@ async function closeEditor(page) {
     assert.deepEqual(page.errors, [], 'no uncaught errors in the page');
     const outside = page.requests.filter((u) => !u.startsWith(origin + '/') && !/^(data|blob):/.test(u));
     assert.deepEqual(outside, [], 'no request leaves the test server');
-    await page.context().close();
 }
 
 const textOf = (page, tab = 'txt2img') => page.$eval(`#omost_${tab}_canvas_json textarea`, (t) => t.value);
@@ -254,6 +260,8 @@ describe('canvas editor (headless Chromium)', () => {
         assertColor(await pixel(page, 35, 25),
             over(COLORS.darkgoldenrod, over(COLORS.firebrick, over(COLORS.midnightblue, COLORS.darkslategray))), 2, 'sky+dragon+warriors');
         assert.equal(await textOf(page), JSON.stringify(DRAGON, null, 2), 'mounting does not rewrite the box');
+        const added = await page.evaluate(() => Object.getOwnPropertyNames(window).filter((k) => !window.__globalsBefore.includes(k)));
+        assert.deepEqual(added.filter((k) => !k.startsWith('__')), ['omostCanvasEditor'], 'one global object');
         assert.equal(await updateCalls(page), 0);
         await closeEditor(page);
     });
@@ -470,7 +478,18 @@ describe('canvas editor (headless Chromium)', () => {
         assert.equal(await textOf(page), JSON.stringify(changed), 'the text is left as written');
         // an external change is undoable like an edit
         await click(page, 'undo');
-        assert.deepEqual(await jsonOf(page), JSON.parse(JSON.stringify(DRAGON)));
+        assert.deepEqual(await jsonOf(page), DRAGON);
+        // the same canvas written back in another spelling (as Python may echo it) is not a new undo step
+        await click(page, 'add');
+        const echoed = await jsonOf(page);
+        delete echoed.regions[4].weight; // the default weight left out
+        const respelled = JSON.stringify({ regions: echoed.regions, global: echoed.global, version: 1, format: 'omost-canvas' })
+            .replace(/"distance":(\d+)([,}])/g, '"distance":$1.0$2');
+        assert.ok(respelled.includes('"distance":10.0'));
+        await page.$eval('#omost_txt2img_canvas_json textarea', (t, v) => { t.value = v; }, respelled);
+        await page.waitForTimeout(400); // more than one poll
+        await click(page, 'undo');
+        assert.deepEqual(await jsonOf(page), DRAGON, 'one undo takes back the add');
         await closeEditor(page);
     });
 
@@ -506,6 +525,22 @@ describe('canvas editor (headless Chromium)', () => {
         assert.equal(await page.isHidden(`${ed} .omost-ce-error`), true);
         assert.deepEqual(await jsonOf(page), JSON.parse(JSON.stringify(DRAGON)));
         assert.deepEqual(await page.evaluate(() => window.__updateInputCalls), ['omost_txt2img_canvas_json']);
+        await closeEditor(page);
+    });
+
+    test('bad JSON from the start: a message and no canvas until good text arrives', async () => {
+        const page = await openEditor('{"format": "omost-canvas",\n  "global": {oops}}');
+        const ed = '#omost_txt2img_canvas_editor';
+        await page.waitForSelector(`${ed} .omost-ce-error:not([hidden])`);
+        assert.equal(await page.textContent(`${ed} .omost-ce-error-text`),
+            "Bad JSON in the canvas box (line 2, column 14): expected a \"quoted\" property name, found 'o'");
+        assert.equal(await page.isHidden(`${ed} [data-action=restore]`), true, 'nothing to restore yet');
+        assert.equal(await page.isDisabled(`${ed} [data-action=add]`), true);
+        await page.$eval('#omost_txt2img_canvas_json textarea', (t, v) => { t.value = v; }, JSON.stringify(DRAGON));
+        await page.waitForSelector(`${ed} .omost-ce-error`, { state: 'hidden' });
+        assert.equal((await listTitles(page)).length, 5);
+        assertColor(await pixel(page, 85, 5), over(COLORS.midnightblue, COLORS.darkslategray), 1, 'drawn');
+        assert.equal(await page.isDisabled(`${ed} [data-action=undo]`), true, 'the first good canvas is no undo step');
         await closeEditor(page);
     });
 
