@@ -25,6 +25,7 @@
         ['quality_meta', 'Quality / meta', 'input']
     ];
     var GLOBAL_FIELDS = ['description', 'detailed_descriptions', 'tags'];
+    var RECT_SIDES = ['top', 'bottom', 'left', 'right'];
 
     function model() { return ns.model; }
 
@@ -196,7 +197,7 @@
         ].forEach(function (f) {
             var input = el('input', { type: 'number', min: f[2], step: f[3], 'data-field': f[0] });
             if (f[0] === 'weight') input.max = '2';
-            if (['top', 'bottom', 'left', 'right'].indexOf(f[0]) >= 0) input.max = String(m.GRID);
+            if (RECT_SIDES.indexOf(f[0]) >= 0) input.max = String(m.GRID);
             input.addEventListener('change', function () { self.onNumberChange(f[0], input); });
             self.fields[f[0]] = input;
             numbers.appendChild(el('label', { className: 'omost-ce-field omost-ce-num' }, [el('span', { text: f[1] }), input]));
@@ -361,7 +362,6 @@
         var result = mutate(next);
         if (result === false || m.canonical(next) === m.canonical(this.doc)) return false;
         this.pushUndo(options.group);
-        if (!options.group) this.groupKey = null;
         this.doc = next;
         if (options.debounce) this.scheduleWrite(); else this.writeNow();
         this.refresh(options.keepForm);
@@ -440,29 +440,21 @@
 
     Editor.prototype.onNumberChange = function (field, input) {
         var sel = this.selected, m = model();
-        var v = parseFloat(input.value);
-        var valid = isFinite(v) && (field === 'distance' ? v > 0 : field === 'weight' ? v >= 0 && v <= 2 : v >= 0 && v <= m.GRID);
         var region = this.doc && sel >= 0 ? this.doc.regions[sel] : null;
-        if (valid && region && ['top', 'bottom', 'left', 'right'].indexOf(field) >= 0) {
-            var rect = region.rect.slice();
-            rect[['top', 'bottom', 'left', 'right'].indexOf(field)] = v;
-            valid = rect[0] < rect[1] && rect[2] < rect[3];
-        }
-        input.classList.toggle('omost-ce-invalid', !valid);
-        if (!valid || !region) {
-            this.setFlash(valid ? '' : field + ': ' + input.value + ' is not allowed (' +
-                (field === 'distance' ? 'needs a number > 0' : field === 'weight' ? 'needs 0 to 2' : 'needs 0 to 90 with top < bottom and left < right') + ')');
-            return;
-        }
-        this.setFlash('');
+        if (!region || this.error) return;
+        var v = parseFloat(input.value), side = RECT_SIDES.indexOf(field), rect = region.rect.slice();
+        if (side >= 0) rect[side] = v;
+        var problem = !isFinite(v) ? 'needs a number'
+            : field === 'distance' ? (v > 0 ? '' : 'needs a number > 0')
+            : field === 'weight' ? (v >= 0 && v <= 2 ? '' : 'needs 0 to 2')
+            : (v >= 0 && v <= m.GRID && rect[0] < rect[1] && rect[2] < rect[3] ? ''
+                : 'needs 0 to 90 with top < bottom and left < right');
+        input.classList.toggle('omost-ce-invalid', !!problem);
+        this.setFlash(problem ? field + ': ' + input.value + ' is not allowed (' + problem + ')' : '');
+        if (problem) return;
         this.edit(function (doc) {
             var r = doc.regions[sel];
-            var k = ['top', 'bottom', 'left', 'right'].indexOf(field);
-            if (k >= 0) {
-                var rect = r.rect.slice();
-                rect[k] = v;
-                return m.setRegionRect(r, rect);
-            }
+            if (side >= 0) return m.setRegionRect(r, rect);
             r[field] = v;
         });
     };
@@ -655,12 +647,14 @@
         }
         w = Math.max(1, Math.round(w));
         h = Math.max(1, Math.round(h));
-        var dpr = window.devicePixelRatio || 1;
+        var dpr = window.devicePixelRatio || 1, bw = Math.round(w * dpr), bh = Math.round(h * dpr);
         this.cssSize = [w, h];
         this.canvas.style.width = w + 'px';
         this.canvas.style.height = h + 'px';
-        this.canvas.width = this.composite.width = Math.round(w * dpr);
-        this.canvas.height = this.composite.height = Math.round(h * dpr);
+        if (this.canvas.width !== bw || this.canvas.height !== bh) {
+            this.canvas.width = this.composite.width = bw;
+            this.canvas.height = this.composite.height = bh;
+        }
         this.render();
     };
 
@@ -822,7 +816,7 @@
         if (isRegion) {
             set('distance', String(target.distance));
             set('weight', String(target.weight === undefined ? 1 : target.weight));
-            ['top', 'bottom', 'left', 'right'].forEach(function (f, k) { set(f, String(target.rect[k])); });
+            RECT_SIDES.forEach(function (f, k) { set(f, String(target.rect[k])); });
             this.geometryNote.textContent = target.location !== null && target.offset !== null && target.area !== null
                 ? 'Placed as: ' + target.location + ', ' + target.offset + ', ' + target.area
                 : 'Free rectangle';
@@ -842,7 +836,7 @@
     };
 
     Editor.prototype.showStatus = function (rect) {
-        this.statusLine.textContent = (rect ? 'rect [top, bottom, left, right] = [' + rect.join(', ') + ']   ' : '') +
+        this.statusLine.textContent = (rect ? 'rect [top, bottom, left, right] = [' + rect.join(', ') + ']\n' : '') +
             'Drag a box to move it, its edges or corners to resize; arrows nudge (Shift: 5 units); ' +
             (this.snap ? 'snapping to the 90-grid (Alt: free)' : 'free (Alt: snap)') + '.';
     };

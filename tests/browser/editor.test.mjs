@@ -463,6 +463,17 @@ describe('canvas editor (headless Chromium)', () => {
         assert.equal(doc.regions[1].description, 'A mighty dragon. Red');
         await click(page, 'undo');
         assert.equal((await jsonOf(page)).regions[1].description, 'A mighty dragon.');
+        // rect numbers: checked, then applied as a free rectangle
+        await page.click(`${ed} .omost-ce-row[data-index="1"]`);
+        await page.fill(`${ed} input[data-field=top]`, '85');
+        await page.press(`${ed} input[data-field=top]`, 'Enter');
+        assert.match(await page.textContent(`${ed} .omost-ce-note`), /top: 85 is not allowed \(needs 0 to 90 with top < bottom and left < right\)/);
+        assert.deepEqual((await jsonOf(page)).regions[1].rect, [10, 80, 10, 80]);
+        await page.fill(`${ed} input[data-field=left]`, '3.5');
+        await page.press(`${ed} input[data-field=left]`, 'Enter');
+        doc = await jsonOf(page);
+        assert.deepEqual([doc.regions[1].rect, doc.regions[1].location], [[10, 80, 3.5, 80], null]);
+        assert.equal(await page.isHidden(`${ed} .omost-ce-note`), true, 'the message goes once the value is good');
         await closeEditor(page);
     });
 
