@@ -185,9 +185,10 @@ def omost_bias(token_regions: torch.Tensor, region_masks: torch.Tensor, strength
                dtype: torch.dtype) -> torch.Tensor:
     """Additive ``[N, L]`` mask: 0 where pixel i is inside region r(j), else ``log(1 - strength)``
     (``-inf`` for strength >= 1)."""
-    allowed = allowed_tokens(token_regions, region_masks)
     outside = math.log(1.0 - strength) if strength < 1.0 else float("-inf")
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, outside)
+    inside = region_masks.bool().t()                                   # [N, R]
+    table = torch.zeros(inside.shape, dtype=dtype, device=inside.device).masked_fill_(~inside, outside)
+    return table.index_select(1, token_regions)                        # one gather of N x L values
 
 
 def omost_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
@@ -257,9 +258,12 @@ def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_wei
     return weighted / total
 
 
-def _region_stack(token_regions: torch.Tensor, regions: torch.Tensor):
-    """Token indices ``[R', Lmax]`` of each listed region (padded with index 0) and the padding mask."""
-    groups = [torch.nonzero(token_regions == r).flatten() for r in regions.tolist()]
+COUPLE_QUERY_BLOCK = 256   # queries per stacked batch entry in attention couple
+
+
+def _region_stack(token_regions: torch.Tensor, regions: list[int]):
+    """Token indices ``[R', Lmax]`` of each listed region (padded with index 0) and the validity mask."""
+    groups = [torch.nonzero(token_regions == r).flatten() for r in regions]
     longest = max(len(g) for g in groups)
     index = torch.zeros(len(groups), longest, dtype=torch.long, device=token_regions.device)
     valid = torch.zeros(len(groups), longest, dtype=torch.bool, device=token_regions.device)
@@ -269,24 +273,51 @@ def _region_stack(token_regions: torch.Tensor, regions: torch.Tensor):
     return index, valid
 
 
+def _couple_entries(weights: torch.Tensor, block: int):
+    """Pack the (region, pixel) pairs with a positive weight into entries of ``block`` queries each.
+
+    Returns the used regions, each entry's position among them ``[E]``, and per packed query its pixel
+    ``[E*block]`` and weight ``[E*block]`` (padding queries: pixel 0, weight 0).
+    """
+    used, entry_of, pixels, mix = [], [], [], []
+    for r in range(weights.shape[0]):
+        inside = torch.nonzero(weights[r] > 0).flatten()
+        if not len(inside):
+            continue
+        chunks = -(-len(inside) // block)
+        pad = chunks * block - len(inside)
+        entry_of += [len(used)] * chunks
+        used.append(r)
+        pixels += [inside, inside.new_zeros(pad)]
+        mix += [weights[r, inside], weights.new_zeros(pad)]
+    device = weights.device
+    return used, torch.tensor(entry_of, device=device), torch.cat(pixels), torch.cat(mix)
+
+
 def _couple_average(q, k, v, heads, regions, weights):
-    """sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r, every region in one SDPA call (regions stacked along
-    the batch axis, K/V padded to the longest region with masked keys)."""
-    used = torch.nonzero((weights > 0).any(1)).flatten()
+    """sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r in one SDPA call.
+
+    Each region attends only the pixels where its weight is positive: those queries are packed into
+    entries of ``COUPLE_QUERY_BLOCK`` queries stacked along the batch axis, each entry with its region's
+    K/V (padded to the longest region with masked keys); the weighted outputs are scattered back with one
+    ``index_add_``. Same result as stacking every region over all N pixels, with less work.
+    """
+    batch, n_pixels, _ = q.shape
+    block = min(COUPLE_QUERY_BLOCK, n_pixels)
+    used, entry_of, pixels, mix = _couple_entries(weights, block)
     index, valid = _region_stack(regions, used)
-    n_used, longest = index.shape
-    batch, n_pixels, width = q.shape
-    qh = split_heads(q, heads)                                         # [B, H, N, D]
-    qs = qh.unsqueeze(1).expand(batch, n_used, *qh.shape[1:]).reshape(batch * n_used, *qh.shape[1:])
-    ks = split_heads(k[:, index.flatten()].reshape(batch * n_used, longest, k.shape[2]), heads)
-    vs = split_heads(v[:, index.flatten()].reshape(batch * n_used, longest, v.shape[2]), heads)
+    index, valid = index[entry_of], valid[entry_of]                       # per entry: [E, Lmax]
+    entries, longest = index.shape
+    qs = split_heads(q[:, pixels].reshape(batch * entries, block, q.shape[2]), heads)
+    ks = split_heads(k[:, index.flatten()].reshape(batch * entries, longest, k.shape[2]), heads)
+    vs = split_heads(v[:, index.flatten()].reshape(batch * entries, longest, v.shape[2]), heads)
     mask = None
     if not bool(valid.all()):
         pad = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
-        mask = pad.repeat(batch, 1)[:, None, None, :]                  # [B*R', 1, 1, Lmax]
-    out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)   # [B*R', H, N, Dv]
-    out = merge_heads(out).view(batch, n_used, n_pixels, -1)
-    return torch.einsum("brnc,rn->bnc", out, weights[used].to(out))
+        mask = pad.repeat(batch, 1)[:, None, None, :]                      # [B*E, 1, 1, Lmax]
+    out = merge_heads(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask))
+    out = out.view(batch, entries * block, -1) * mix.to(out)[:, None]
+    return out.new_zeros(batch, n_pixels, out.shape[2]).index_add_(1, pixels, out)
 
 
 def attention_couple(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,

@@ -1,0 +1,97 @@
+"""Regional attention speed at an SDXL-like cross-attention layer.
+
+N = 4096 queries (64 x 64), 10 heads x 64, six regions of 154 tokens each (924-token context): the Omost
+method vs plain SDPA over the same context, vs the explicit-logits formulation, and attention couple vs the
+Omost method. Medians over interleaved repeats, one cond row.
+
+    python bench/bench_regional.py [--device cuda] [--repeats 5] [--threads 2] [--dtype float16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lib_omost.attention.core import attention  # noqa: E402
+from lib_omost.attention.regional import (  # noqa: E402
+    attention_couple, densediffusion_cross_attention, omost_attention, omost_attention_explicit)
+
+HW = (64, 64)
+HEADS, DIM = 10, 64
+REGION_TOKENS = 154
+# (top, bottom, left, right) on the 90 x 90 canvas: the global region then five boxes far -> near
+RECTS = [(0, 90, 0, 90), (0, 60, 0, 90), (15, 75, 0, 60), (15, 75, 30, 90), (30, 90, 15, 75), (25, 65, 25, 65)]
+
+
+def layout(device):
+    canvas = torch.zeros(len(RECTS), 90, 90, dtype=torch.bool)
+    for r, (top, bottom, left, right) in enumerate(RECTS):
+        canvas[r, top:bottom, left:right] = True
+    from lib_omost.attention.regional import masks_at_layer
+    masks = masks_at_layer(canvas, HW).to(device)
+    regions = torch.arange(len(RECTS)).repeat_interleave(REGION_TOKENS).to(device)
+    return regions, masks
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    regions, masks = layout(device)
+    n, length, width = HW[0] * HW[1], len(regions), HEADS * DIM
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, size, width, generator=g).to(device, dtype) for size in (n, length, length))
+
+    cases = {
+        "plain": lambda: attention(q, k, v, HEADS),
+        "omost": lambda: omost_attention(q, k, v, HEADS, regions, masks),
+        "explicit": lambda: omost_attention_explicit(q, k, v, HEADS, regions, masks),
+        "couple": lambda: attention_couple(q, k, v, HEADS, regions, masks),
+        "overlay": lambda: attention_couple(q, k, v, HEADS, regions, masks, mode="overlay"),
+        "dense": lambda: densediffusion_cross_attention(q, k, v, HEADS, regions, masks, 900.0),
+    }
+    with torch.inference_mode():
+        for fn in cases.values():          # warm-up
+            fn()
+        times = {name: [] for name in cases}
+        for _ in range(args.repeats):      # interleaved, so load changes hit every case alike
+            for name, fn in cases.items():
+                times[name].append(timed(fn, device))
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+
+    print(f"context device={device} dtype={args.dtype} threads={args.threads} repeats={args.repeats} "
+          f"N={n} heads={HEADS}x{DIM} regions={len(RECTS)}x{REGION_TOKENS} tokens")
+    for name, value in med.items():
+        print(f"context median_ms {name} {value * 1e3:.1f}")
+    print(f"RATIO omost_vs_sdpa {med['omost'] / med['plain']:.2f} target <= 1.25")
+    print(f"RATIO explicit_vs_omost {med['explicit'] / med['omost']:.2f} target >= 2")
+    print(f"RATIO couple_vs_omost {med['couple'] / med['omost']:.2f} target <= 1.5")
+    print(f"context overlay_vs_omost {med['overlay'] / med['omost']:.2f}")
+    print(f"context dense_vs_omost {med['dense'] / med['omost']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
