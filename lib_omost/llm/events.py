@@ -1,0 +1,148 @@
+"""Generation settings, the errors, and the events a chat stream yields (shared by the CLI and the WebUI)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, Union
+
+# Omost's own defaults (OMOST.md, "LLM chat").
+DEFAULT_TEMPERATURE = 0.6
+DEFAULT_TOP_P = 0.9
+DEFAULT_MAX_NEW_TOKENS = 4096
+DEFAULT_PROMPT_LOOKUP_TOKENS = 10
+
+FINISH_REASONS = ("stop", "length", "stopped")
+
+
+class LLMError(RuntimeError):
+    """A backend could not produce an answer; the message says why and what to do (safe to show the user)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings. temperature 0 means greedy decoding.
+
+    prompt_lookup: None = automatic (on where it is exact, i.e. greedy, or where the prompt holds a previous
+    answer that a multi-round edit mostly copies); True/False force it. Only the local backend uses it.
+    """
+
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    seed: int | None = None
+    prompt_lookup: bool | None = None
+    prompt_lookup_tokens: int = DEFAULT_PROMPT_LOOKUP_TOKENS
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.temperature) <= 5.0:
+            raise ValueError(f"temperature must be in [0, 5] (0 = greedy), got {self.temperature!r}")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2 ** 63):
+            raise ValueError(f"seed must be None or an integer in [0, 2**63), got {self.seed!r}")
+        if self.prompt_lookup not in (None, True, False):
+            raise ValueError(f"prompt_lookup must be None (auto), True or False, got {self.prompt_lookup!r}")
+        if isinstance(self.prompt_lookup_tokens, bool) or not isinstance(self.prompt_lookup_tokens, int) \
+                or self.prompt_lookup_tokens < 1:
+            raise ValueError(f"prompt_lookup_tokens must be an integer >= 1, got {self.prompt_lookup_tokens!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return float(self.temperature) == 0.0
+
+    def use_prompt_lookup(self, has_previous_answer: bool) -> bool:
+        if self.prompt_lookup is not None:
+            return self.prompt_lookup
+        return self.greedy or has_previous_answer
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New answer text; `tokens` is the number of tokens generated so far (exact or as counted by the server)."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class CanvasUpdate:
+    """The canvas parsed from the answer so far (a canvas ParseResult); sent when it gained a call."""
+
+    result: Any
+    regions: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    tokens: int
+    seconds: float
+    regions: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BudgetWarning:
+    """The conversation is close to (or over) the model's context; sent before generation starts."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The answer ended: reason "stop" (the model ended it), "length" (max_new_tokens) or "stopped" (user).
+
+    `result` is the final canvas ParseResult, or None with `parse_error` set when no canvas could be read.
+    """
+
+    reason: str
+    text: str
+    tokens: int
+    seconds: float
+    result: Any = None
+    parse_error: str | None = None
+
+    def __post_init__(self):
+        if self.reason not in FINISH_REASONS:
+            raise ValueError(f"finish reason must be one of {FINISH_REASONS}, got {self.reason!r}")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Generation failed; the conversation was left unchanged."""
+
+    message: str
+
+
+Event = Union[TextDelta, CanvasUpdate, Progress, BudgetWarning, Finished, Failed]
+
+
+class Backend(Protocol):
+    """What the chat loop needs from a backend (local transformers or an OpenAI-compatible server).
+
+    stream() yields TextDelta events, then exactly one Finished (result None); it raises LLMError on failure.
+    It must end soon after `stop` is set (from any thread) with reason "stopped".
+    """
+
+    def stream(self, messages: list[dict], settings: GenerationSettings,
+               stop: threading.Event) -> Iterator[TextDelta | Finished]: ...
+
+    def count_tokens(self, messages: list[dict]) -> tuple[int, bool]:
+        """(token count of the prompt these messages make, True when exact / False when estimated)."""
+
+    def context_length(self) -> int | None:
+        """The model's context size in tokens, or None when unknown."""
+
+    def describe(self) -> str:
+        """A short human-readable name (never contains secrets)."""
