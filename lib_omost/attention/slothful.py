@@ -233,20 +233,19 @@ def reduce_tokens_masked(x: torch.Tensor, hw: tuple[int, int], stride: float, mo
     g = _grid_view(x, grid)
     g5 = g.view(-1, n_valid, gh, gw, g.shape[-1])              # [B, V, h, w, C]
     v5 = valid.view(1, n_valid, gh, gw, 1)
-    one = (g5 * v5)[:, :, ::sy, ::sx]                          # padding samples become exact zeros
+    one = g5[:, :, ::sy, ::sx]
     valid_out = valid.view(n_valid, gh, gw)[:, ::sy, ::sx].reshape(n_valid, -1)
 
     def pool() -> torch.Tensor:
         flat = (-1, gh, gw, g.shape[-1])
         if mode.endswith("AVG"):
+            # mean over real tokens = avg(x * valid) / avg(valid): the window-size divisor cancels
             total = _pool_grid((g5 * v5).reshape(flat), sy, sx, "AVG")
-            count = _pool_grid(v5.to(x.dtype).expand(g5.shape[0], -1, -1, -1, 1).reshape(-1, gh, gw, 1),
-                               sy, sx, "AVG")
-            out = total / count.clamp_min(torch.finfo(x.dtype).tiny)
-        else:
-            out = _pool_grid(g5.masked_fill(~v5, float("-inf")).reshape(flat), sy, sx, "MAX")
-            out = out.masked_fill(torch.isinf(out) & (out < 0), 0.0)   # windows of padding only
-        return out.view(g5.shape[0], n_valid, *out.shape[1:])
+            share = _pool_grid(v5[0].to(x.dtype), sy, sx, "AVG")            # [V, h', w', 1]
+            return total.view(-1, n_valid, *total.shape[1:]) / share.clamp_min(torch.finfo(x.dtype).tiny)
+        out = _pool_grid(g5.masked_fill(~v5, float("-inf")).reshape(flat), sy, sx, "MAX")
+        out = out.masked_fill(torch.isneginf(out), 0.0)                     # windows of padding only
+        return out.view(-1, n_valid, *out.shape[1:])
 
     reduced = _blend(one, pool, blend)
     reduced = reduced.masked_fill(~valid_out.view(1, n_valid, *one.shape[2:4], 1), 0.0)
