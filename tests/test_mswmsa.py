@@ -1,5 +1,7 @@
 """MSW-MSA: window layout, shifts, partition/reverse, equality with masked full attention, seeded shifts."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -111,7 +113,7 @@ def test_shifts_are_reproducible_from_the_seed_and_change_every_call():
     assert a == shifts(42)
     assert a != shifts(43)
     assert set(a) == {0, 1, 2, 3}
-    assert all(x != y for x, y in zip(a, a[1:]))
+    assert all(x != y for x, y in itertools.pairwise(a))
     with pytest.raises(ValueError, match="0..3"):
         M.draw_shift(torch.Generator().manual_seed(0), previous=7)
 

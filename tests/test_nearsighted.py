@@ -212,7 +212,8 @@ def test_reduced_tiles_with_padding_never_attend_padding(mode):
     # ever averaged into a key/value or attended.
     hw, t, offset, stride = (17, 25), 8, (1, 2), 4.0
     q, k, v = qkv(2, hw[0] * hw[1])
-    kwargs = dict(global_ratio=0.5, offset=offset, stride=stride, mode=mode, k_blend=0.5, v_blend=1.0)
+    kwargs = {"global_ratio": 0.5, "offset": offset, "stride": stride, "mode": mode, "k_blend": 0.5,
+              "v_blend": 1.0}
     out = N.tiled_attention(q, k, v, 2, hw, t, **kwargs)
     shifted = N.tiled_attention(q, k, v + 3.0, 2, hw, t, **kwargs)
     assert torch.isfinite(out).all()

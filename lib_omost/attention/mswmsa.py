@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from .nearsighted import TileGrid, grid_for_counts, tile, tile_valid, tiles_attention, untile
+from .nearsighted import (
+    TileGrid,
+    grid_for_counts,
+    tile,
+    tile_valid,
+    tiles_attention,
+    untile,
+)
 
 SHIFTS = 4                    # shift index k takes values 0..SHIFTS-1
 DEFAULT_WINDOWS = (2, 2)

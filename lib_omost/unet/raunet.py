@@ -16,7 +16,8 @@ Tables are plain data; ``validate_pair`` checks a user's (input, output) pair ag
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
