@@ -31,7 +31,7 @@ ATTN1 = "attn1"
 ATTN2 = "attn2"
 
 # Query partitions that cannot both act on one call, highest precedence first.
-EXCLUSIVE_PRECEDENCE = ("MSW-MSA", "Near-sighted")
+EXCLUSIVE_PRECEDENCE = ("MSW-MSA", "Near-sighted", "Slothful")
 
 
 class LayerKey(NamedTuple):

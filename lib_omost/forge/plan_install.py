@@ -13,7 +13,7 @@ import torch
 
 from lib_omost.attention.core import layer_hw
 from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, AttnCall, LayerKey
-from lib_omost.forge.webui import ModelInfo
+from lib_omost.model_info import ModelInfo
 
 PATCH_NAMES = {ATTN1: "attn1_patch", ATTN2: "attn2_patch"}
 

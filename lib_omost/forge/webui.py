@@ -8,11 +8,11 @@ on the flavour.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
 from lib_omost.attention.plan import LayerKey
+from lib_omost.model_info import ModelInfo
 
 FORGE = "forge"        # Forge main and Neo: backend.*
 REFORGE = "reforge"    # reForge and Forge Classic: ldm_patched.*
@@ -96,25 +96,6 @@ def attention_layers(unet) -> dict[LayerKey, int]:
                 for index in range(len(blocks)):
                     layers[LayerKey(block, number, index)] = int(layer.in_channels)
     return layers
-
-
-@dataclass
-class ModelInfo:
-    """Facts about the loaded model, read once per sampling pass."""
-    family: str
-    model_channels: int
-    layers: dict[LayerKey, int]
-    percent_to_sigma: Callable[[float], float]
-    sigma_to_timestep: Callable
-    attention: Callable = field(repr=False)
-
-    @property
-    def is_sdxl(self) -> bool:
-        return self.family == "sdxl"
-
-    def depth(self, layer: LayerKey) -> int:
-        """channels / model_channels (1, 2, 4 ...) of a layer."""
-        return self.layers[layer] // self.model_channels
 
 
 def model_info(sd_model, unet) -> ModelInfo:

@@ -1,0 +1,72 @@
+"""``process_before_every_sampling`` of each accordion: values -> stages/patches -> installed, infotext written.
+
+Each runner is idempotent within a pass (running again replaces what it installed) and installs nothing
+when its accordion is off.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lib_omost.features import hidiffusion, slothful
+from lib_omost.forge.blocks import install_block_patches
+from lib_omost.forge.generation import loaded_model_info, read_values, report_problem, write_infotext
+from lib_omost.forge.plan_install import apply_feature
+
+log = logging.getLogger("sd-forge-omost")
+
+
+def image_seed(p) -> int:
+    seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None)
+    return int(seeds[0]) if seeds else int(getattr(p, "seed", 0) or 0)
+
+
+def _log_plan(p, plan, info) -> None:
+    lines = plan.report(list(info.layers))
+    for line in lines:
+        log.info("AttentionPlan: %s", line)
+    precedence = [line for line in lines if line.startswith("precedence")]
+    if precedence:
+        p.extra_generation_params["AttentionPlan"] = "; ".join(precedence)
+
+
+def run_slothful(p, args) -> None:
+    feature = slothful.FEATURE
+    values = read_values(p, feature, args)
+    if values is None:
+        return
+    info = loaded_model_info(p, feature)
+    if info is None:
+        return
+    plan = apply_feature(p, feature.key, info, slothful.stages(values, info, image_seed(p)))
+    write_infotext(p, feature, values)
+    _log_plan(p, plan, info)
+
+
+def run_hidiffusion(p, args) -> None:
+    feature = hidiffusion.FEATURE
+    values = read_values(p, feature, args)
+    if values is None:
+        return
+    info = loaded_model_info(p, feature)
+    if info is None:
+        return
+    if getattr(p, "is_hr_pass", False) and not values["hires_pass"]:
+        write_infotext(p, feature, values)
+        return
+    try:
+        settings = hidiffusion.resolve(values, info.unet_family, int(p.width), int(p.height))
+    except ValueError as e:
+        report_problem(p, feature, f"{e}; the accordion did not run")
+        return
+    if getattr(p.sd_model.forge_objects.unet, "controlnet_linked_list", None) is not None and (settings.raunet or settings.ca):
+        report_problem(p, feature, "ControlNet is active: its residuals have the normal UNet sizes, so RAU-Net "
+                                   "and CA are skipped for this generation (MSW-MSA still runs)")
+        settings.raunet = settings.ca = None
+    patches = hidiffusion.block_patches(settings, info)
+    for note in install_block_patches(p, patches) if patches else []:
+        report_problem(p, feature, note)
+    plan = apply_feature(p, feature.key, info, hidiffusion.stages(settings, info, image_seed(p)))
+    write_infotext(p, feature, values, {"HiDiffusion applied": settings.describe()})
+    log.info("HiDiffusion %s: %s", " ".join(settings.notes), settings.describe())
+    _log_plan(p, plan, info)
