@@ -1,0 +1,139 @@
+"""Canvas JSON: our "omost-canvas" v1 form and the ComfyUI_omost list form (import and export), and
+auto-detection of any canvas text (JSON, LLM answer or bare code)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lib_omost.canvas.colors import as_rgb_triple, color_name_of, color_rgb
+from lib_omost.canvas.geometry import FULL_RECT
+from lib_omost.canvas.model import (
+    Canvas, CanvasError, Region, check_lines, check_rect, check_region_count, checked_global,
+    checked_region, ordered_regions,
+)
+from lib_omost.canvas.parser import ParseResult, parse_answer
+
+FORMAT = "omost-canvas"
+VERSION = 1
+
+
+def _color_json(color):
+    return color if isinstance(color, str) else list(color)
+
+
+def canvas_to_json(canvas: Canvas) -> dict:
+    """Our JSON form (a plain dict, ready for json.dumps); regions in program order."""
+    g = canvas.global_region
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "global": {"description": g.description, "detailed_descriptions": list(g.detailed_descriptions),
+                   "tags": g.tags, "color": _color_json(g.color)},
+        "regions": [_region_json(r) for r in canvas.regions],
+    }
+
+
+def _region_json(r: Region) -> dict:
+    return {"location": r.location, "offset": r.offset, "area": r.area, "rect": list(r.rect),
+            "distance": r.distance, "description": r.description,
+            "detailed_descriptions": list(r.detailed_descriptions), "tags": r.tags,
+            "atmosphere": r.atmosphere, "style": r.style, "quality_meta": r.quality_meta,
+            "color": _color_json(r.color), "weight": r.weight}
+
+
+def canvas_to_comfyui(canvas: Canvas) -> list:
+    """The ComfyUI_omost list: global first, then regions far to near, each
+    {"rect", "prefixes", "suffixes", "color": [r, g, b]} with the normalised prompt tree."""
+    from lib_omost.prompts import global_prompt, local_prompt  # lib_omost.prompts imports this package
+
+    g = canvas.global_region
+    items = [(FULL_RECT, global_prompt(g), g.color)]
+    items += [(r.rect, local_prompt(g, r), r.color) for r in ordered_regions(canvas)]
+    return [{"rect": list(rect), "prefixes": list(p.prefixes), "suffixes": list(p.suffixes),
+             "color": list(color_rgb(color))} for rect, p, color in items]
+
+
+def _require_object(value: Any, path: str, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise CanvasError(f"{path}: must be an object with {what}, got {type(value).__name__}")
+    return value
+
+
+def _from_ours(obj: dict) -> Canvas:
+    if obj.get("format", FORMAT) != FORMAT:
+        raise CanvasError(f"format: must be {FORMAT!r}, got {obj['format']!r}")
+    if obj.get("version", VERSION) != VERSION:
+        raise CanvasError(f"version: must be {VERSION}, got {obj['version']!r}")
+    g = checked_global(_require_object(obj.get("global"), "global",
+                                       "description, detailed_descriptions, tags and color"))
+    regions = obj.get("regions", [])
+    if not isinstance(regions, list):
+        raise CanvasError(f"regions: must be a list, got {type(regions).__name__}")
+    check_region_count(len(regions))
+    return Canvas(global_region=g, regions=[
+        checked_region(_require_object(r, f"regions[{i}]", "rect, distance, color, ..."), f"regions[{i}]")
+        for i, r in enumerate(regions)])
+
+
+def _comfy_color(value: Any, path: str):
+    rgb = as_rgb_triple(value)
+    if rgb is None:
+        raise CanvasError(f"{path}.color: must be [r, g, b] with integers 0-255, got {value!r:.60}")
+    return color_name_of(rgb) or rgb
+
+
+def _from_comfyui(items: list) -> Canvas:
+    """Prefixes[-1] becomes the description (prefixes[0] for the global element), suffixes the detailed
+    descriptions; distances n, n-1, ..., 1 keep the far-to-near order."""
+    if not items:
+        raise CanvasError("the ComfyUI list is empty (it needs the global element first)")
+    check_region_count(len(items) - 1, "ComfyUI list")
+    parsed = []
+    for i, item in enumerate(items):
+        path = f"[{i}]"
+        _require_object(item, path, "rect, prefixes, suffixes and color")
+        for key in ("rect", "prefixes", "suffixes", "color"):
+            if key not in item:
+                raise CanvasError(f"{path}.{key}: missing")
+        prefixes = check_lines(item["prefixes"], f"{path}.prefixes")
+        parsed.append((check_rect(item["rect"], f"{path}.rect"), prefixes,
+                       check_lines(item["suffixes"], f"{path}.suffixes"), _comfy_color(item["color"], path)))
+    (_, g_prefixes, g_suffixes, g_color), regions = parsed[0], parsed[1:]
+    g = checked_global({"description": g_prefixes[0] if g_prefixes else "", "detailed_descriptions": g_suffixes,
+                        "color": g_color})
+    n = len(regions)
+    return Canvas(global_region=g, regions=[
+        checked_region({"rect": rect, "distance": n - k, "description": prefixes[-1] if prefixes else "",
+                        "detailed_descriptions": suffixes, "color": color},
+                       f"[{k + 1}]")
+        for k, (rect, prefixes, suffixes, color) in enumerate(regions)])
+
+
+def canvas_from_json(obj: Any) -> Canvas:
+    """A validated Canvas from our JSON form (a dict) or the ComfyUI_omost list form."""
+    if isinstance(obj, list):
+        return _from_comfyui(obj)
+    if isinstance(obj, dict):
+        return _from_ours(obj)
+    raise CanvasError(f'the canvas must be a JSON object {{"format": "{FORMAT}", ...}} or the ComfyUI list '
+                      f"form, got {type(obj).__name__}")
+
+
+def load_canvas_text(text: str) -> ParseResult:
+    """Any canvas text: JSON (either form) when it starts with { or [, else an LLM answer or bare code."""
+    if not isinstance(text, str):
+        raise CanvasError(f"expected text, got {type(text).__name__}")
+    stripped = text.lstrip()
+    if not stripped.startswith(("{", "[")):
+        return parse_answer(text)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CanvasError(f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    except RecursionError:
+        raise CanvasError("invalid JSON: nested too deeply") from None
+    canvas = canvas_from_json(obj)
+    notes = ["read the ComfyUI_omost list form: tags, atmosphere, style and quality_meta are part of the "
+             "detailed descriptions there, and placements are free rectangles"] if isinstance(obj, list) else []
+    return ParseResult(canvas=canvas, truncated=False, notes=notes)

@@ -1,0 +1,226 @@
+"""The canvas data model: a global region and local regions, their validation, and the far → near order."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from lib_omost.canvas.colors import Color, as_rgb_triple, color_rgb
+import numpy as np
+
+from lib_omost.canvas.geometry import AREAS, FULL_RECT, GRID, LOCATIONS, OFFSETS, rect_from_location, rect_mask
+
+MAX_TEXT_CHARS = 10_000  # one description, tag list, ... (an Omost answer's longest string is ~600)
+MAX_LINES = 200  # detailed descriptions per region
+MAX_REGIONS = 500
+WEIGHT_RANGE = (0.0, 2.0)
+
+TEXT_FIELDS = ("description", "tags", "atmosphere", "style", "quality_meta")
+
+
+class CanvasError(ValueError):
+    """Bad canvas input (code, JSON or values): what was rejected and, for text input, on which line."""
+
+    def __init__(self, message: str, line: int | None = None):
+        self.message = message
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+
+
+@dataclass
+class GlobalRegion:
+    description: str = ""
+    detailed_descriptions: list[str] = field(default_factory=list)
+    tags: str = ""
+    color: Color = "white"
+
+
+@dataclass(kw_only=True)
+class Region:
+    """A local region. ``rect`` is (top, bottom, left, right) on the 90 x 90 grid, end-exclusive.
+    location/offset/area are the phrases the rect came from, or None for a free (edited) rectangle."""
+    rect: tuple[float, float, float, float]
+    distance: float
+    description: str = ""
+    detailed_descriptions: list[str] = field(default_factory=list)
+    tags: str = ""
+    atmosphere: str = ""
+    style: str = ""
+    quality_meta: str = ""
+    color: Color = "white"
+    location: str | None = None
+    offset: str | None = None
+    area: str | None = None
+    weight: float = 1.0
+
+
+@dataclass
+class Canvas:
+    global_region: GlobalRegion = field(default_factory=GlobalRegion)
+    regions: list[Region] = field(default_factory=list)
+
+
+def located_region(location: str, offset: str, area: str, distance: float, **texts: Any) -> Region:
+    """A region placed by an Omost location/offset/area triple (its rect is the geometry they imply)."""
+    return Region(rect=rect_from_location(location, offset, area), distance=distance, location=location,
+                  offset=offset, area=area, **texts)
+
+
+def ordered_indices(canvas: Canvas) -> list[int]:
+    """Program indices of the regions far → near (distance descending, ties keep program order)."""
+    return sorted(range(len(canvas.regions)), key=lambda i: -canvas.regions[i].distance)
+
+
+def ordered_regions(canvas: Canvas) -> list[Region]:
+    """The regions far → near: the one rendering/encoding order every consumer uses."""
+    return [canvas.regions[i] for i in ordered_indices(canvas)]
+
+
+def region_masks(canvas: Canvas, h: int, w: int) -> np.ndarray:
+    """Boolean [1 + R, h, w]: the global region (all True), then the regions far → near. Pixel (i, j) is
+    inside (t, b, l, r) iff t <= (i + 0.5) * 90 / h < b and l <= (j + 0.5) * 90 / w < r."""
+    rects = [FULL_RECT] + [r.rect for r in ordered_regions(canvas)]
+    return np.stack([rect_mask(rect, h, w) for rect in rects])
+
+
+# ---- validation (shared by the JSON loader and validate_canvas) ------------------------------------
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain_number(value: numbers.Real) -> float:
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def check_text(value: Any, path: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise CanvasError(f"{path}: must be a string, got {_show(value)}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise CanvasError(f"{path}: text of {len(value)} characters is too long (at most {MAX_TEXT_CHARS})")
+    return value
+
+
+def check_lines(value: Any, path: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+        raise CanvasError(f"{path}: must be a list of strings, got {_show(value)}")
+    if len(value) > MAX_LINES:
+        raise CanvasError(f"{path}: {len(value)} entries is too many (at most {MAX_LINES})")
+    return [check_text(s, f"{path}[{i}]") for i, s in enumerate(value)]
+
+
+def check_color(value: Any, path: str) -> Color:
+    """A colour name stored lower-case, or an (r, g, b) tuple."""
+    try:
+        color_rgb(value)
+    except (ValueError, TypeError) as exc:
+        raise CanvasError(f"{path}: {exc}") from None
+    return value.lower() if isinstance(value, str) else as_rgb_triple(value)
+
+
+def check_rect(value: Any, path: str) -> tuple:
+    if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(_is_number(v) for v in value):
+        raise CanvasError(f"{path}: must be [top, bottom, left, right] (4 numbers), got {_show(value)}")
+    if not all(0 <= v <= GRID for v in value):
+        raise CanvasError(f"{path}: numbers must lie in [0, {GRID}], got {_show(value)}")
+    top, bottom, left, right = value
+    if not (top < bottom and left < right):
+        raise CanvasError(f"{path}: needs top < bottom and left < right, got {_show(value)}")
+    return tuple(_plain_number(v) for v in value)
+
+
+def check_distance(value: Any, path: str) -> float:
+    if not _is_number(value) or not value > 0:
+        raise CanvasError(f"{path}: must be a number > 0 (larger = farther), got {_show(value)}")
+    return float(value)
+
+
+def check_weight(value: Any, path: str) -> float:
+    low, high = WEIGHT_RANGE
+    if value is None:
+        return 1.0
+    if not _is_number(value) or not low <= value <= high:
+        raise CanvasError(f"{path}: must be a number in [{low:g}, {high:g}], got {_show(value)}")
+    return float(value)
+
+
+def check_placement(location: Any, offset: Any, area: Any, rect: tuple, path: str) -> tuple:
+    """location/offset/area: each null or an allowed phrase; when all three are set, rect must be theirs."""
+    for key, value, table in (("location", location, LOCATIONS), ("offset", offset, OFFSETS),
+                              ("area", area, AREAS)):
+        if value is not None and value not in table:
+            raise CanvasError(f"{path}.{key}: must be null or one of {', '.join(map(repr, table))}; "
+                              f"got {_show(value)}")
+    if location is not None and offset is not None and area is not None:
+        implied = rect_from_location(location, offset, area)
+        if tuple(rect) != implied:
+            raise CanvasError(f"{path}.rect: {list(rect)} differs from {list(implied)} implied by "
+                              f"location/offset/area (set them to null for a free rectangle)")
+    return location, offset, area
+
+
+def checked_global(fields: Mapping[str, Any], path: str = "global") -> GlobalRegion:
+    """A GlobalRegion from a mapping with its field names (text fields may be missing)."""
+    if "color" not in fields:
+        raise CanvasError(f"{path}.color: missing (an HTML colour name or [r, g, b])")
+    return GlobalRegion(description=check_text(fields.get("description"), f"{path}.description"),
+                        detailed_descriptions=check_lines(fields.get("detailed_descriptions"),
+                                                          f"{path}.detailed_descriptions"),
+                        tags=check_text(fields.get("tags"), f"{path}.tags"),
+                        color=check_color(fields["color"], f"{path}.color"))
+
+
+def checked_region(fields: Mapping[str, Any], path: str) -> Region:
+    """A Region from a mapping with its field names (text fields, placement and weight may be missing)."""
+    for key in ("rect", "distance", "color"):
+        if key not in fields:
+            raise CanvasError(f"{path}.{key}: missing")
+    rect = check_rect(fields["rect"], f"{path}.rect")
+    location, offset, area = check_placement(fields.get("location"), fields.get("offset"),
+                                             fields.get("area"), rect, path)
+    return Region(rect=rect, distance=check_distance(fields["distance"], f"{path}.distance"),
+                  detailed_descriptions=check_lines(fields.get("detailed_descriptions"),
+                                                    f"{path}.detailed_descriptions"),
+                  color=check_color(fields["color"], f"{path}.color"),
+                  location=location, offset=offset, area=area,
+                  weight=check_weight(fields.get("weight"), f"{path}.weight"),
+                  **{k: check_text(fields.get(k), f"{path}.{k}") for k in TEXT_FIELDS})
+
+
+def check_region_count(count: int, path: str = "regions") -> None:
+    if count > MAX_REGIONS:
+        raise CanvasError(f"{path}: {count} regions is too many (at most {MAX_REGIONS})")
+
+
+def validate_canvas(canvas: Canvas) -> Canvas:
+    """A validated, normalised copy of ``canvas`` (colour names lower-case, rects as tuples);
+    raises CanvasError naming the first bad field (e.g. ``regions[2].rect: ...``)."""
+    if not isinstance(canvas, Canvas):
+        raise CanvasError(f"expected a Canvas, got {type(canvas).__name__}")
+    if not isinstance(canvas.regions, list):
+        raise CanvasError(f"regions: must be a list, got {_show(canvas.regions)}")
+    check_region_count(len(canvas.regions))
+    if not isinstance(canvas.global_region, GlobalRegion):
+        raise CanvasError(f"global: must be a GlobalRegion, got {_show(canvas.global_region)}")
+    for i, region in enumerate(canvas.regions):
+        if not isinstance(region, Region):
+            raise CanvasError(f"regions[{i}]: must be a Region, got {_show(region)}")
+    return Canvas(global_region=checked_global(_fields_of(canvas.global_region)),
+                  regions=[checked_region(_fields_of(r), f"regions[{i}]") for i, r in enumerate(canvas.regions)])
+
+
+def _fields_of(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
