@@ -192,6 +192,19 @@ def test_first_call_of_a_key_wins_and_bytes_are_counted():
     assert torch.equal(store.get(1, L1, COND)[0], k[0:1].half())
 
 
+def test_the_store_keeps_private_copies():
+    store = ReferenceStore()
+    k = rand(2, 5, C).half()
+    store.put(0, L1, COND, k[1:2], k[1:2])                            # a slice of the batch, k is v
+    stored_k, stored_v = store.get(0, L1, COND)
+    assert stored_k.untyped_storage().data_ptr() != k.untyped_storage().data_ptr()
+    assert stored_k.untyped_storage().nbytes() == 5 * C * 2
+    assert stored_k.untyped_storage().data_ptr() != stored_v.untyped_storage().data_ptr()
+    expected = k[1:2].clone()
+    k.zero_()
+    assert torch.equal(stored_k, expected)
+
+
 def test_budget_error_names_the_budget_and_what_to_change():
     one = 2 * 10 * C * 2
     store = ReferenceStore(budget_bytes=2 * one)

@@ -111,7 +111,7 @@ def refdrop_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ref: 
     ref = reference_attention(q, k_ref, v_ref, heads)
     if c == 1.0:
         return ref
-    return torch.lerp(own(q, k, v), ref, c)
+    return ref.lerp_(own(q, k, v), 1.0 - c)     # in place on our own fresh tensor: c*ref + (1-c)*own
 
 
 # ------------------------------------------------------------------------------------- step counting
@@ -227,7 +227,8 @@ class ReferenceStore:
                 f"which would bring the reference to {(self.nbytes + size) / MIB:.0f} MiB, above the memory "
                 f"budget of {self.budget_bytes / MIB:.0f} MiB. Raise the RefDrop memory budget, lower the "
                 f"save percentage, disable layer groups, or save at a smaller resolution.")
-        self.entries[key] = tuple(x.detach().to("cpu", self.dtype).contiguous() for x in (k, v))
+        # always a private copy: a slice of the model's batch would keep the whole batch tensor alive
+        self.entries[key] = tuple(torch.empty(x.shape, dtype=self.dtype).copy_(x.detach()) for x in (k, v))
         self.nbytes += size
         return True
 

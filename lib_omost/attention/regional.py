@@ -73,7 +73,10 @@ def masks_at_layer(masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 def _check_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, n_pixels: int,
                   context_len: int, hard: bool) -> torch.Tensor:
-    """Validate the regional inputs against one call; return the map tiled to ``context_len``."""
+    """Validate the regional inputs against one call; return the map tiled to ``context_len``.
+
+    ``region_masks`` must already be on the call's device (``_on_device``).
+    """
     if region_masks.dim() != 2 or region_masks.shape[1] != n_pixels:
         raise ValueError(f"region_masks must be [regions, {n_pixels}] for this layer "
                          f"(masks_at_layer with the layer's h, w), got shape {tuple(region_masks.shape)}")
@@ -133,6 +136,11 @@ def _check_strength(strength: float) -> float:
     if not math.isfinite(strength) or strength < 0:
         raise ValueError(f"strength must be a finite number >= 0, got {strength}")
     return strength
+
+
+def _on_device(region_masks: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The masks on q's device (a no-op when already there; callers should keep them there)."""
+    return region_masks.to(q.device)
 
 
 # ------------------------------------------------------------------------------ cond / uncond rows
@@ -211,6 +219,7 @@ def omost_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     strength = _check_strength(strength)
     if strength == 0.0:
         return attention(q, k, v, heads)
+    region_masks = _on_device(region_masks, q)
     regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
 
     def regional(q_, k_, v_):
@@ -227,6 +236,7 @@ def omost_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     """Reference formulation of ``omost_attention`` (all rows regional) with explicit ``[B, H, N, L]``
     logits, as the original Omost pipeline computes them. Slow; for tests and the benchmark baseline."""
     strength = _check_strength(strength)
+    region_masks = _on_device(region_masks, q)
     regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
     qh, kh, vh = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
     logits = (qh @ kh.transpose(-1, -2)) * scale(qh.shape[-1])
@@ -308,7 +318,7 @@ def _couple_average(q, k, v, heads, regions, weights):
     index, valid = _region_stack(regions, used)
     index, valid = index[entry_of], valid[entry_of]                       # per entry: [E, Lmax]
     entries, longest = index.shape
-    qs = split_heads(q[:, pixels].reshape(batch * entries, block, q.shape[2]), heads)
+    qs = split_heads(q.index_select(1, pixels).reshape(batch * entries, block, q.shape[2]), heads)
     ks = split_heads(k[:, index.flatten()].reshape(batch * entries, longest, k.shape[2]), heads)
     vs = split_heads(v[:, index.flatten()].reshape(batch * entries, longest, v.shape[2]), heads)
     mask = None
@@ -316,7 +326,7 @@ def _couple_average(q, k, v, heads, regions, weights):
         pad = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
         mask = pad.repeat(batch, 1)[:, None, None, :]                      # [B*E, 1, 1, Lmax]
     out = merge_heads(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask))
-    out = out.view(batch, entries * block, -1) * mix.to(out)[:, None]
+    out = out.view(batch, entries * block, -1).mul_(mix.to(out)[:, None])   # in place: no extra buffer
     return out.new_zeros(batch, n_pixels, out.shape[2]).index_add_(1, pixels, out)
 
 
@@ -339,6 +349,7 @@ def attention_couple(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
         raise ValueError(f"attention couple mode {mode!r} is not one of {', '.join(COUPLE_MODES)}")
     if strength == 0.0:
         return attention(q, k, v, heads)
+    region_masks = _on_device(region_masks, q)
     regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=(mode == "overlay"))
     if mode == "overlay":
         owner = owner_regions(region_masks)
@@ -417,6 +428,7 @@ def densediffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if tuple(size_reg.shape) != (n_pixels,):
         raise ValueError(f"size_reg must be [{n_pixels}], got {tuple(size_reg.shape)}")
     factor = float(weight) * dense_time_factor(timestep)
+    allowed, size_reg = allowed.to(q.device), size_reg.to(q.device)
 
     def regional(q_, k_, v_):
         compute = torch.promote_types(q_.dtype, torch.float32)
@@ -435,6 +447,7 @@ def densediffusion_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Te
                                    *, weight: float = DENSE_CROSS_WEIGHT, size_weight: float = 1.0,
                                    cond_rows: Sequence[int] | None = None) -> torch.Tensor:
     """DenseDiffusion on cross-attention from the regional inputs (tiles the token map as needed)."""
+    region_masks = _on_device(region_masks, q)
     regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
     allowed, size_reg = dense_cross_layout(regions, region_masks, size_weight)
     return densediffusion_attention(q, k, v, heads, allowed, size_reg, timestep, weight=weight,
@@ -448,6 +461,6 @@ def densediffusion_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     """DenseDiffusion on self-attention (k/v from the image itself, ``L == N``)."""
     if region_masks.dtype != torch.bool:
         raise TypeError(f"DenseDiffusion needs hard (bool) region masks, got {region_masks.dtype}")
-    allowed, size_reg = dense_self_layout(region_masks, size_weight)
+    allowed, size_reg = dense_self_layout(_on_device(region_masks, q), size_weight)
     return densediffusion_attention(q, k, v, heads, allowed, size_reg, timestep, weight=weight,
                                     cond_rows=cond_rows)
