@@ -339,6 +339,24 @@ def _parse_statement(text: str, first_line: int) -> list[ast.stmt]:
                           first_line) from None
 
 
+def _ends_at_top_level(lines: list[str]) -> bool:
+    """Cheap guess that code lines end with a whole statement: the last non-blank line is not indented
+    (in Omost code only the lines inside a call are). A wrong guess only costs one failed parse."""
+    for line in reversed(lines):
+        if line.strip():
+            return not line[0].isspace()
+    return True
+
+
+def _joined(statements: list[tuple[str, int]]) -> str:
+    """Statement texts joined into one source, blank lines keeping every statement on its own line numbers."""
+    parts, line = [], statements[0][1]
+    for text, first in statements:
+        parts += ["\n" * (first - line), text, "\n"]
+        line = first + text.count("\n") + 1
+    return "".join(parts)
+
+
 def _could_begin_allowed(text: str) -> bool:
     """Whether a statement cut short could still become an allowed one (e.g. ``canvas = Canv``)."""
     squashed = "".join(text.split())
@@ -472,28 +490,36 @@ class IncrementalParser:
         self._code.append(line)
 
     def _flush(self) -> None:
-        """Parse the complete code lines gathered so far. When no statement is open, try them all in one
-        ast.parse (a whole answer costs one parse); otherwise, or if that fails, go statement by statement
-        through the scanner, which keeps an unfinished statement for the next lines and reports the first
-        error in program order."""
+        """Parse the complete code lines gathered so far, as few ast.parse calls as possible: all lines at
+        once when they look like whole statements (a whole answer costs one parse); else the scanner
+        splits them, keeping an unfinished statement for later lines, and the complete statements are
+        parsed together, or one by one when that fails, so the first error is reported in program order."""
         if not self._code:
             return
         lines, start = self._code, self._code_start
         self._code = []
-        if not self._scanner.is_open:
-            try:
-                body = ast.parse("\n".join(lines)).body
-            except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
-                pass  # incomplete or invalid: the statement-by-statement path finds out which
-            else:
-                for node in body:
-                    self._builder.statement(node, start)
-                self._result = None
-                return
+        if not self._scanner.is_open and _ends_at_top_level(lines) and self._parse_batch("\n".join(lines), start):
+            return
+        complete = []
         for offset, line in enumerate(lines):
             statement = self._scanner.push(line, start + offset)
             if statement is not None:
-                self._statement(*statement)
+                complete.append(statement)
+        if len(complete) > 1 and self._parse_batch(_joined(complete), complete[0][1]):
+            return
+        for statement in complete:
+            self._statement(*statement)
+
+    def _parse_batch(self, text: str, first_line: int) -> bool:
+        """Parse whole statements in one go; False (nothing done) if the text does not parse."""
+        try:
+            body = ast.parse(text).body
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+            return False
+        for node in body:
+            self._builder.statement(node, first_line)
+        self._result = None
+        return True
 
     def _statement(self, text: str, first_line: int) -> None:
         for node in _parse_statement(text, first_line):

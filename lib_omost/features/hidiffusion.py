@@ -35,6 +35,9 @@ from lib_omost.unet.raunet import (CA_DOWNSCALE_MODES, DOWNSAMPLE_PAIRS, RESOLUT
 SIMPLE, ADVANCED = "Simple", "Advanced"
 AUTO = "auto"
 NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
+# Advanced mode's defaults are SD1.5 block numbers; an SDXL model left on them gets its own pairs.
+SD15_ADVANCED_PAIRS = {"raunet": (3, 8), "ca": (4, 8)}
+SDXL_ADVANCED_PAIRS = {"raunet": (3, 5), "ca": (4, 5)}
 
 FEATURE = Feature("hidiffusion", "HiDiffusion", (
     Param("mode", "Mode", CHOICE, SIMPLE, choices=(SIMPLE, ADVANCED)),
@@ -103,11 +106,18 @@ def resolve(values: dict, family: str, width: int, height: int) -> Settings:
         chosen = preset(family, mode)
         return Settings(chosen.raunet, chosen.raunet_window, "nearest", chosen.ca, chosen.ca_window,
                         "avg_pool", 2.0, "bicubic", msw, [f"preset {family} {mode}"])
+    notes = []
+    if family == "sdxl":
+        values = dict(values)
+        for kind, sdxl_pair in SDXL_ADVANCED_PAIRS.items():
+            if (values[f"{kind}_in"], values[f"{kind}_out"]) == SD15_ADVANCED_PAIRS[kind]:
+                values[f"{kind}_in"], values[f"{kind}_out"] = sdxl_pair
+                notes.append(f"{kind} blocks: SDXL defaults {sdxl_pair} used in place of the SD1.5 ones")
     raunet = validate_pair(family, "raunet", (values["raunet_in"], values["raunet_out"])) if values["raunet"] else None
     ca = validate_pair(family, "ca", (values["ca_in"], values["ca_out"])) if values["ca"] else None
     return Settings(raunet, Window(values["raunet_start"], values["raunet_end"]) if raunet else None,
                     values["upscale_mode"], ca, Window(values["ca_start"], values["ca_end"]) if ca else None,
-                    values["ca_downscale_mode"], values["ca_factor"], values["ca_upscale_mode"], msw)
+                    values["ca_downscale_mode"], values["ca_factor"], values["ca_upscale_mode"], msw, notes)
 
 
 def _sigma(transformer_options: dict) -> float | None:

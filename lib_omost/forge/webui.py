@@ -108,3 +108,19 @@ def model_info(sd_model, unet) -> ModelInfo:
         sigma_to_timestep=sampling.timestep,
         attention=attention_function(),
     )
+
+
+def schedule_sigmas(p) -> list[float] | None:
+    """The sigma schedule of this sampling pass from the WebUI's sampler, or None when it cannot tell."""
+    get = getattr(getattr(p, "sampler", None), "get_sigmas", None)
+    if get is None:
+        return None
+    steps = int(p.steps)
+    if getattr(p, "is_hr_pass", False):
+        steps = int(getattr(p, "hr_second_pass_steps", 0) or steps)
+    try:
+        return [float(s) for s in get(p, steps)]
+    except Exception as e:    # a sampler without a k-diffusion schedule: callers fall back to counting
+        import logging
+        logging.getLogger("sd-forge-omost").info("no sigma schedule from the sampler (%s)", e)
+        return None

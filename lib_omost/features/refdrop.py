@@ -1,0 +1,141 @@
+"""RefDrop: the accordion's parameters, layer selection, and its Save / Use AttentionPlan stages.
+
+Save records the projected K/V of the first image's cond row (and uncond if asked) per
+(step, layer, cond/uncond) into a ``ReferenceStore``; Use blends a stored reference into self-attention:
+``(1 - c) * Attn(q, k, v) + c * Attn(q, k_ref, v_ref)``, the outermost attn1 stage (it sees the image's
+own attention as composed by the stages inside it).
+
+Steps are counted from the pass's sigma schedule (``step_index``); all model calls of one step share its
+index (second-order samplers: the first recorded call of a step is the reference for every call of it).
+A reference is one row, broadcast to every image of a batch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
+from lib_omost.attention.refdrop import (MissingReferenceError, ReferenceMismatchError, ReferenceStore,
+                                         refdrop_attention)
+from lib_omost.model_info import ModelInfo
+from lib_omost.params import BOOL, CHOICE, FLOAT, TEXT, Feature, Param
+
+DISABLED, SAVE, USE = "Disabled", "Save", "Use"
+GROUPS = ("input", "middle", "output")
+
+FEATURE = Feature("refdrop", "RefDrop", (
+    Param("mode", "Mode", CHOICE, USE, choices=(DISABLED, SAVE, USE),
+          help="Save: record this generation's self-attention as the named reference. Use: blend it in."),
+    Param("coefficient", "Coefficient", FLOAT, 0.3, -1.0, 1.0, 0.01,
+          help="c > 0 (0.2-0.6): consistency with the reference; c < 0 (-0.2 to -0.3): diversity."),
+    Param("reference", "Reference", TEXT, "default",
+          help="Name of the reference to save or use (a file in the extension's refdrop_references folder)."),
+    Param("save_percent", "Save percentage", FLOAT, 100.0, 0.0, 100.0, 1.0,
+          help="Only the first part of the steps is saved and used."),
+    Param("input", "Input layers", BOOL, True),
+    Param("middle", "Middle layers", BOOL, True),
+    Param("output", "Output layers", BOOL, True),
+    Param("disabled_layers", "Disabled layers", TEXT, "", xyz=False,
+          help="Layers to skip, as group:index or group:first-last, comma separated (e.g. output:0-3)."),
+    Param("hires_pass", "Apply in hires pass", BOOL, False,
+          help="Save records only the first pass; Use blends in the hires pass too when on."),
+    Param("keep_uncond", "Store negative rows too", BOOL, False, xyz=False,
+          help="Save the negative prompt's K/V too (twice the memory); otherwise it uses the positive ones."),
+))
+
+_RANGE = re.compile(r"^\s*(input|middle|output)\s*:\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
+
+
+def group_layers(layers) -> dict[str, list[LayerKey]]:
+    """The model's self-attention layers per group, in forward order (the index used by "group:index")."""
+    groups: dict[str, list[LayerKey]] = {g: [] for g in GROUPS}
+    for layer in layers:
+        groups[layer.block].append(layer)
+    return groups
+
+
+def index_table(layers) -> str:
+    """Human-readable "group:index = block" lines, shown in the UI help."""
+    lines = []
+    for group, members in group_layers(layers).items():
+        lines += [f"{group}:{i} = {group} block {layer.number}, transformer {layer.index}"
+                  for i, layer in enumerate(members)]
+    return "\n".join(lines)
+
+
+def parse_disabled(text: str, layers) -> set[LayerKey]:
+    """The layers named by a "group:index[-last], ..." list; ValueError naming the bad item and the range."""
+    groups = group_layers(layers)
+    chosen: set[LayerKey] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        match = _RANGE.match(item)
+        if not match:
+            raise ValueError(f"disabled layer {item!r} is not group:index or group:first-last "
+                             f"(groups: {', '.join(GROUPS)})")
+        group, first = match.group(1), int(match.group(2))
+        last = int(match.group(3)) if match.group(3) is not None else first
+        count = len(groups[group])
+        if first > last or last >= count:
+            raise ValueError(f"disabled layer {item!r}: {group} has indices 0-{count - 1} on this model")
+        chosen.update(groups[group][first:last + 1])
+    return chosen
+
+
+def selected_layers(values: dict, layers) -> set[LayerKey]:
+    disabled = parse_disabled(values["disabled_layers"], layers)
+    return {layer for layer in layers if values[layer.block] and layer not in disabled}
+
+
+def saved_steps(steps: int, save_percent: float) -> int:
+    """How many leading steps are saved/used: ceil of the percentage, at least one when above 0."""
+    if save_percent <= 0:
+        return 0
+    return min(steps, max(1, -(-int(round(steps * save_percent)) // 100)))
+
+
+@dataclass
+class RefDropStage:
+    """Save or Use on the selected layers. ``step_of(sigma) -> int`` comes from the pass's schedule."""
+    mode: str
+    layers: set
+    store: ReferenceStore
+    step_of: Callable[[float], int]
+    steps_limit: int
+    coefficient: float = 0.0
+    problems: list = field(default_factory=list)       # filled at run time; reported in the infotext
+    name: str = "RefDrop"
+    target: str = ATTN1
+    order: int = 10
+    exclusive: str | None = None
+
+    def applies(self, layer: LayerKey) -> bool:
+        return layer in self.layers
+
+    def active(self, call: AttnCall) -> bool:
+        return call.sigma is not None and not self.problems and self.step_of(call.sigma) < self.steps_limit
+
+    def __call__(self, q, k, v, call: AttnCall, inner):
+        step = self.step_of(call.sigma)
+        if self.mode == SAVE:
+            self.store.record(step, call.layer, k, v, call.cond_rows, call.uncond_rows)
+            return inner(q, k, v, call)
+        try:
+            k_ref, v_ref = self.store.for_rows(step, call.layer, call.cond_rows, call.uncond_rows, q.shape[0])
+            return refdrop_attention(q, k, v, k_ref, v_ref, call.heads, self.coefficient,
+                                     inner=lambda q_, k_, v_: inner(q_, k_, v_, call))
+        except (MissingReferenceError, ReferenceMismatchError) as e:
+            self.problems.append(str(e))      # stops the stage for the rest of the pass (see active)
+            return inner(q, k, v, call)
+
+
+def check_widths(reference_widths: dict, info: ModelInfo, layers) -> None:
+    """ReferenceMismatchError when a selected layer's K/V width differs from the reference's."""
+    for layer in layers:
+        label = layer.label()
+        if label in reference_widths and reference_widths[label] != info.layers[layer]:
+            raise ReferenceMismatchError(
+                f"the reference's K/V width at {label} is {reference_widths[label]}, this model's is "
+                f"{info.layers[layer]}: it was saved with another model family; save a new reference")
+

@@ -1,0 +1,159 @@
+"""RefDrop in the WebUI: named reference files, the in-memory cache, and the per-generation runner.
+
+References are safetensors files in ``<extension>/refdrop_references/`` (they survive restarts). The
+cache holds the references loaded or saved in this session (the explicit cache the architecture allows);
+a file changed on disk is reloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMismatchError, ReferenceStore,
+                                         check_reference_family, load_reference, save_reference, step_index)
+from lib_omost.features import refdrop
+from lib_omost.forge.generation import loaded_model_info, read_values, report_problem, write_infotext
+from lib_omost.forge.plan_install import apply_feature
+from lib_omost.forge.webui import schedule_sigmas
+
+log = logging.getLogger("sd-forge-omost")
+
+EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_BUDGET_MIB = 4096
+STORE_ATTR = "omost_refdrop_store"          # the Save store of one generation, on p
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+_cache: dict[str, tuple[float, ReferenceStore, object]] = {}
+
+
+def references_dir() -> str:
+    return os.environ.get("OMOST_REFDROP_DIR") or os.path.join(EXTENSION_ROOT, "refdrop_references")
+
+
+def reference_path(name: str) -> str:
+    if not _NAME.match(name or "") or name.endswith("."):
+        raise ValueError(f"reference name {name!r}: use 1-64 letters, digits, spaces, '_', '-' or '.', "
+                         "starting with a letter or digit")
+    return os.path.join(references_dir(), f"{name}.safetensors")
+
+
+def list_references() -> list[str]:
+    folder = references_dir()
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f[:-len(".safetensors")] for f in os.listdir(folder) if f.endswith(".safetensors"))
+
+
+def delete_reference(name: str) -> str:
+    path = reference_path(name)
+    _cache.pop(name, None)
+    if not os.path.exists(path):
+        return f"no reference named {name!r}"
+    os.remove(path)
+    return f"deleted reference {name!r}"
+
+
+def budget_bytes() -> int:
+    try:
+        from modules import shared
+        mib = float(getattr(shared.opts, "omost_refdrop_budget_mib", DEFAULT_BUDGET_MIB))
+    except Exception:
+        mib = DEFAULT_BUDGET_MIB
+    return int(mib * MIB)
+
+
+def get_reference(name: str):
+    """(store, info) of a named reference, from the cache or its file; FileNotFoundError names the choices."""
+    path = reference_path(name)
+    if not os.path.exists(path):
+        known = ", ".join(list_references()) or "none saved yet"
+        raise FileNotFoundError(f"no RefDrop reference named {name!r} (saved references: {known}); "
+                                "run a generation in Save mode first")
+    mtime = os.path.getmtime(path)
+    cached = _cache.get(name)
+    if cached is None or cached[0] != mtime:
+        store, info = load_reference(path, budget_bytes=budget_bytes())
+        _cache[name] = cached = (mtime, store, info)
+    return cached[1], cached[2]
+
+
+class ObservedSteps:
+    """Step index by the order in which distinct sigmas are first seen (when the sampler gives no schedule)."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def __call__(self, sigma: float) -> int:
+        for i, s in enumerate(self.seen):
+            if abs(s - sigma) <= 1e-4 * max(abs(s), 1e-8):
+                return i
+        self.seen.append(sigma)
+        return len(self.seen) - 1
+
+
+def step_counter(p):
+    """(step_of(sigma), number of steps) for this pass."""
+    sigmas = schedule_sigmas(p)
+    if sigmas is None:
+        return ObservedSteps(), int(p.steps)
+    return (lambda sigma: step_index(sigmas, sigma)), len(sigmas) - 1
+
+
+def run_refdrop(p, args) -> None:
+    feature = refdrop.FEATURE
+    values = read_values(p, feature, args)
+    if values is None or values["mode"] == refdrop.DISABLED:
+        return
+    info = loaded_model_info(p, feature)
+    if info is None:
+        return
+    write_infotext(p, feature, values)
+    hires = getattr(p, "is_hr_pass", False)
+    if hires and (values["mode"] == refdrop.SAVE or not values["hires_pass"]):
+        return
+    try:
+        layers = refdrop.selected_layers(values, info.layers)
+        step_of, steps = step_counter(p)
+        limit = refdrop.saved_steps(steps, values["save_percent"])
+        if values["mode"] == refdrop.SAVE:
+            reference_path(values["reference"])          # a bad name fails now, not after sampling
+            store = getattr(p, STORE_ATTR, None)
+            if store is None:
+                store = ReferenceStore(budget_bytes=budget_bytes(), keep_uncond=values["keep_uncond"])
+                setattr(p, STORE_ATTR, store)
+                p.omost_refdrop_save = (values["reference"], info.family, steps)
+            stage = refdrop.RefDropStage(refdrop.SAVE, layers, store, step_of, limit)
+        else:
+            store, ref_info = get_reference(values["reference"])
+            check_reference_family(ref_info, info.family)
+            refdrop.check_widths(ref_info.widths, info, layers)
+            stage = refdrop.RefDropStage(refdrop.USE, layers, store, step_of, min(limit, ref_info.steps),
+                                         values["coefficient"])
+            if ref_info.steps < limit:
+                report_problem(p, feature, f"the reference {values['reference']!r} holds {ref_info.steps} "
+                                           f"steps; later steps run without RefDrop")
+    except (ValueError, FileNotFoundError, ReferenceMismatchError, ReferenceBudgetError) as e:
+        report_problem(p, feature, f"{e}; RefDrop did not run")
+        return
+    p.omost_refdrop_stage = stage
+    apply_feature(p, feature.key, info, [stage])
+
+
+def finish_refdrop(p) -> None:
+    """After the generation: report run-time problems, write a Save's reference file."""
+    stage = getattr(p, "omost_refdrop_stage", None)
+    if stage is not None and stage.problems:
+        report_problem(p, refdrop.FEATURE, f"{stage.problems[0]}; RefDrop stopped there and the rest ran without it")
+    store = getattr(p, STORE_ATTR, None)
+    if store is None:
+        return
+    name, family, steps = p.omost_refdrop_save
+    if not store.entries:
+        report_problem(p, refdrop.FEATURE, "nothing was recorded (no selected layer or step); no reference saved")
+        return
+    path = reference_path(name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    size = save_reference(store, path, model_family=family, resolution=(int(p.width), int(p.height)), steps=steps)
+    _cache.pop(name, None)       # the next Use loads the new file
+    log.info("RefDrop: saved reference %r (%.1f MiB, %d entries) to %s", name, size / MIB, len(store.entries), path)
