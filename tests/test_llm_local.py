@@ -261,3 +261,29 @@ def test_bad_specs_and_settings():
         GenerationSettings(max_new_tokens=0)
     with pytest.raises(ValueError, match="top_p"):
         GenerationSettings(top_p=0)
+
+
+def test_chat_loop_and_cli_with_the_local_model(backend, model_dir, tmp_path, capsys):
+    from lib_omost.llm.chat import ask
+    from lib_omost.llm.cli import main
+    from lib_omost.llm.conversation import Conversation
+
+    expected = decode(backend, plain_greedy_ids(backend, [{"role": "system", "content": "S"},
+                                                          {"role": "user", "content": "a cat"}], 25))
+    conversation = Conversation("S")
+    events = list(ask(backend, conversation, "a cat", GenerationSettings(temperature=0, max_new_tokens=25)))
+    finished = events[-1]
+    assert finished.reason == "length" and finished.tokens == 25 and finished.text == expected
+    assert finished.result is None and "no canvas code" in finished.parse_error  # random weights
+    assert conversation.last_answer == expected
+
+    prompt_file = tmp_path / "system.txt"
+    prompt_file.write_text("S", encoding="utf-8")
+    answer_file = tmp_path / "answer.md"
+    code = main(["a cat", "--model-path", model_dir, "--device", "cpu", "--temperature", "0",
+                 "--max-new-tokens", "25", "--system-prompt-file", str(prompt_file), "--answer", str(answer_file)])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == expected + "\n"
+    assert "[omost] finished (length): 25 tokens" in captured.err
+    assert "error: no canvas in the answer" in captured.err
+    assert answer_file.read_text(encoding="utf-8") == expected

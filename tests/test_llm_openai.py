@@ -45,6 +45,7 @@ class Server:
         self.script = lambda handler, body: handler.sse(good_stream())
         self.models = {"object": "list", "data": [{"id": "omost-test", "max_model_len": 8192}]}
         self.release = threading.Event()  # ends the slow scripts at teardown
+        self.client_left = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,13 +70,14 @@ class Server:
                 else:
                     self.send_header("Connection", "close")
                 self.end_headers()
-                for part in parts:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
-                    self.wfile.flush()
-                if chunked and end:
-                    self.wfile.write(b"0\r\n\r\n")
-                self.wfile.write(tail)
                 self.close_connection = True
+                try:
+                    for part in parts:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+                        self.wfile.flush()
+                    self.wfile.write((b"0\r\n\r\n" if chunked and end else b"") + tail)
+                except (BrokenPipeError, ConnectionResetError):  # the client left early (stop, errors)
+                    server.client_left += 1
 
             def do_GET(self):
                 server.requests.append({"path": self.path, "headers": dict(self.headers)})
@@ -318,3 +320,80 @@ def test_server_message_forms():
     assert server_message(b'{"detail": "Not Found"}') == "Not Found"
     assert server_message(b"") == "(empty response body)"
     assert server_message(b"x" * 1000) == "x" * 300 + "..."
+
+
+# ---- over HTTP through the chat loop and the CLI --------------------------------------------------
+
+def test_ask_over_http_commits_the_turn_and_sends_the_history(server):
+    from lib_omost.canvas import example_canvas, parse_answer
+    from lib_omost.llm.conversation import canvas_answer
+
+    answer = canvas_answer(example_canvas())
+    server.script = lambda h, body: h.sse(good_stream([answer[i:i + 50] for i in range(0, len(answer), 50)]))
+    conversation = Conversation("SYS")
+    conversation.add_turn("q1", "a1")
+    events = list(ask(backend_for(server), conversation, "q2", GenerationSettings(seed=1)))
+    assert isinstance(events[-1], Finished) and events[-1].text == answer
+    assert events[-1].result.canvas == parse_answer(answer).canvas == example_canvas()
+    assert conversation.turns[-1].user == "q2" and conversation.turns[-1].assistant == answer
+    assert server.chats[0]["body"]["messages"] == Conversation("SYS", conversation.turns[:1]).messages("q2")
+
+
+def test_cli_streams_and_writes_the_canvas(server, tmp_path, capsys, monkeypatch):
+    from lib_omost.__main__ import main
+    from lib_omost.canvas import canvas_to_json, example_canvas
+    from lib_omost.llm.conversation import canvas_answer
+
+    canvas = example_canvas()
+    answer = canvas_answer(canvas)
+    server.script = lambda h, body: h.sse(good_stream([answer[i:i + 50] for i in range(0, len(answer), 50)]))
+    monkeypatch.setenv("OMOST_TEST_KEY", KEY)
+    out_json, out_png, out_answer = tmp_path / "c.json", tmp_path / "c.png", tmp_path / "a.md"
+    code = main(["chat", "a cat and a dog", "--endpoint", server.url, "--api-key-env", "OMOST_TEST_KEY",
+                 "--seed", "4", "--json", str(out_json), "--png", str(out_png), "--answer", str(out_answer)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.startswith(answer + "\n")
+    assert f"wrote {out_json}" in captured.out and f"wrote {out_png}" in captured.out
+    assert canvas.regions[0].description[:30] in captured.out  # the region table
+    assert "[omost] finished (stop):" in captured.err
+    assert json.loads(out_json.read_text()) == canvas_to_json(canvas)
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_answer.read_text() == answer
+    (request,) = server.chats
+    assert request["headers"]["Authorization"] == "Bearer " + KEY and request["body"]["seed"] == 4
+    assert KEY not in captured.out + captured.err
+
+
+def test_cli_edit_sends_the_canvas_as_the_previous_answer(server, tmp_path, capsys):
+    from lib_omost.canvas import canvas_to_json, example_canvas
+    from lib_omost.llm.cli import main
+    from lib_omost.llm.conversation import canvas_answer
+    from lib_omost.llm.prompts import generic_system_prompt
+
+    canvas = example_canvas()
+    (tmp_path / "in.json").write_text(json.dumps(canvas_to_json(canvas)))
+    server.script = lambda h, body: h.sse(good_stream([canvas_answer(canvas)]))
+    assert main(["make the sofa red", "--endpoint", server.url + "/v1", "--model", "m", "--generic-prompt",
+                 "--edit", str(tmp_path / "in.json"), "--quiet"]) == 0
+    assert server.chats[0]["body"]["messages"] == [
+        {"role": "system", "content": generic_system_prompt()},
+        {"role": "user", "content": canvas.global_region.description},
+        {"role": "assistant", "content": canvas_answer(canvas)},
+        {"role": "user", "content": "make the sofa red"}]
+    assert canvas_answer(canvas) not in capsys.readouterr().out  # --quiet
+
+
+def test_cli_errors(server, capsys, monkeypatch):
+    from lib_omost.llm.cli import main
+
+    monkeypatch.delenv("OMOST_NO_SUCH_KEY", raising=False)
+    assert main(["x", "--endpoint", server.url, "--api-key-env", "OMOST_NO_SUCH_KEY"]) == 2
+    assert "'OMOST_NO_SUCH_KEY' holding the API key is not set" in capsys.readouterr().err
+    server.script = lambda h, body: h.json_reply(500, {"error": "boom"})
+    assert main(["x", "--endpoint", server.url, "--model", "m"]) == 1
+    assert capsys.readouterr().err.strip() == "error: the server answered HTTP 500 Internal Server Error: boom"
+    with pytest.raises(SystemExit):
+        main(["x", "--model-path", "p", "--model", "m"])
+    assert "go with --endpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["x"])
