@@ -1,0 +1,1 @@
+# Stand-in package mirroring Forge main backend/sampling @ dfdcbab6.

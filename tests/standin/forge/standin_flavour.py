@@ -1,0 +1,88 @@
+# The Forge-main side of every difference between the two flavours (the reforge/ directory has the other
+# side), plus the model objects Forge main puts in shared.sd_model. Facts from
+# lllyasviel/stable-diffusion-webui-forge @ dfdcbab685e57677014f05a3309b48cc87383167:
+#   modules/processing.py sample_hr_pass: process_before_every_sampling is called, forge_objects is reset
+#     from forge_objects_after_applying_lora, and process_before_every_sampling is called again (3 calls
+#     with hires fix: first pass, then twice around the reset).
+#   modules/scripts.py ScriptRunner.process_before_every_sampling (the second, winning definition) loops over
+#     self.alwayson_scripts, not the ordered callbacks.
+#   modules/ui_components.py: InputAccordion is a function returning an InputAccordionImpl (gr.Checkbox).
+#   modules/prompt_parser.py SdConditioning has distilled_cfg_scale.
+#   backend/diffusion_engine/sd15.py, sd20.py, sdxl.py: engines with forge_objects (ForgeObjects),
+#     text_processing_engine (SD1/SD2) or text_processing_engine_l/_g (SDXL), is_sd1 / is_sd2 / is_sdxl.
+import torch
+
+from backend.diffusion_engine.base import ForgeDiffusionEngine, ForgeObjects
+from backend.modules.k_model import KModel
+from backend.modules.k_prediction import Prediction
+from backend.nn.unet import IntegratedUNet2DConditionModel
+from backend.patcher.unet import UnetPatcher
+from backend.sampling import sampling_function as forge_sampling
+from standin_core import models
+
+NAME = "forge"
+GRADIO_MAJOR = 4
+HIRES_SEQUENCE = ("call", "restore", "call")
+BEFORE_EVERY_SAMPLING_SCRIPTS = "alwayson_scripts"
+INPUT_ACCORDION_IS_CLASS = False
+SDCONDITIONING_HAS_DISTILLED_CFG = True
+MEMORY_FACTOR = 1.0          # calc_cond_uncond_batch: memory_required(shape) < free_memory
+ENGINE_ATTRS = {"sd15": "text_processing_engine", "sd2": "text_processing_engine"}
+
+
+class StandinEngine(ForgeDiffusionEngine):
+    """One class for the SD15 / SD20 / SDXL engines of backend/diffusion_engine (same surfaces)."""
+
+    def __init__(self, family, seed):
+        super().__init__()
+        self.family = family
+        diffusion_model = models.build_unet(IntegratedUNet2DConditionModel, family, seed)
+        unet = UnetPatcher(KModel(diffusion_model, Prediction(), config=models.unet_config(family)))
+        self.engines = models.text_engines(family, seed)
+        if family == "sdxl":
+            self.text_processing_engine_l = self.engines["clip_l"]
+            self.text_processing_engine_g = self.engines["clip_g"]
+        else:
+            self.text_processing_engine = next(iter(self.engines.values()))
+        self.forge_objects = ForgeObjects(unet=unet, clip=models.toy_clip(self.engines), vae=None, clipvision=None)
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+        self.is_sd1, self.is_sd2, self.is_sdxl = family == "sd15", family == "sd2", family == "sdxl"
+
+    @torch.no_grad()
+    def get_learned_conditioning(self, prompt):
+        from modules.shared import opts
+        return models.learned_conditioning(self.family, self.engines, prompt, opts.sdxl_crop_left, opts.sdxl_crop_top)
+
+
+class FluxLikeEngine(ForgeDiffusionEngine):
+    """Stands for backend/diffusion_engine/flux.py: not a UNet; every is_sd* flag False."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.family = "flux"
+        unet = UnetPatcher(KModel(models.FluxLikeModel(seed), Prediction(), config={}))
+        self.engines = models.text_engines("sd15", seed)
+        self.forge_objects = ForgeObjects(unet=unet, clip=models.toy_clip(self.engines), vae=None, clipvision=None)
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+        self.use_distilled_cfg_scale = True
+
+    @torch.no_grad()
+    def get_learned_conditioning(self, prompt):
+        return models.learned_conditioning("sd15", self.engines, prompt)
+
+
+def build_sd_model(family, seed):
+    return FluxLikeEngine(seed) if family == "flux" else StandinEngine(family, seed)
+
+
+def schedule_of(unet):
+    """The object with sigmas / percent_to_sigma / timestep: unet.model.predictor."""
+    return unet.model.predictor
+
+
+def denoise(denoiser, params, cond_scale, cond_composition):
+    """CFGDenoiser.forward's call into the backend: sampling_function(self, denoiser_params, ...)."""
+    denoised, _, _ = forge_sampling.sampling_function(denoiser, params, cond_scale, cond_composition)
+    return denoised

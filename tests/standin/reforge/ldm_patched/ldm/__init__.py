@@ -1,0 +1,1 @@
+# Stand-in package mirroring reForge ldm_patched/ldm @ 3b56b268.

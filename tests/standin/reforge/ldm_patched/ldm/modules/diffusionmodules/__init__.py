@@ -1,0 +1,1 @@
+# Stand-in package mirroring reForge ldm_patched/ldm/modules/diffusionmodules @ 3b56b268.

@@ -1,0 +1,1 @@
+# Stand-in package mirroring reForge ldm_patched/modules @ 3b56b268.

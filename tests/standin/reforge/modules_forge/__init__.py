@@ -1,0 +1,1 @@
+# Stand-in package mirroring reForge modules_forge @ 3b56b268.
