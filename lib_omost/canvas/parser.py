@@ -63,8 +63,8 @@ _ENUMS = {"location": LOCATIONS, "offset": OFFSETS, "area": AREAS}
 
 _FENCE = "```"
 _CODE_LANGUAGES = frozenset({"", "python", "py", "python3"})
-# a line that starts bare (unfenced) code: an import, or a name followed by "=" or "(" / "." access
-_CODE_START = re.compile(r"(?:import|from)\s|[A-Za-z_][\w.]*(?:\(|\s*=)")
+# a line that starts bare (unfenced) code: an import, "canvas", or a (dotted) name followed by "=" or "("
+_CODE_START = re.compile(r"(?:import|from)\s|canvas\b|[A-Za-z_][\w.]*(?:\(|\s*=)")
 _ALLOWED_SHAPES = "canvas = Canvas(), canvas.set_global_description(...) and canvas.add_local_description(...)"
 _COMPOUND = {ast.FunctionDef: "function definitions", ast.AsyncFunctionDef: "function definitions",
              ast.ClassDef: "class definitions", ast.If: "if blocks", ast.For: "for loops",
@@ -74,9 +74,12 @@ _COMPOUND = {ast.FunctionDef: "function definitions", ast.AsyncFunctionDef: "fun
              ast.Nonlocal: "nonlocal statements", ast.AugAssign: "augmented assignments",
              ast.AnnAssign: "annotated assignments", ast.Return: "return statements",
              ast.Raise: "raise statements", ast.Assert: "assert statements", ast.Pass: "pass statements",
-             ast.Break: "break statements", ast.Continue: "continue statements"}
-_KEYWORD_STARTS = re.compile(r"(async\s+)?(def|class|if|elif|else|for|while|with|try|except|finally|"
-                             r"match|case|lambda|import|from)\b|@")
+             ast.Break: "break statements", ast.Continue: "continue statements", ast.Match: "match blocks"}
+# the same words for a block's header line alone, which ast.parse rejects while the block streams in
+_HEADERS = {"def": "function definitions", "class": "class definitions", "if": "if blocks", "for": "for loops",
+            "while": "while loops", "with": "with blocks", "try": "try blocks", "match": "match blocks",
+            "@": "decorated definitions", "import": "imports", "from": "imports"}
+_HEADER_START = re.compile(r"(?:async\s+)?(def|class|if|for|while|with|try|match|import|from)\b|(@)")
 
 
 @dataclass
@@ -178,7 +181,8 @@ class _CanvasBuilder:
         self.first_call_at: int | None = None
 
     def statement(self, node: ast.stmt, first_line: int) -> None:
-        line = first_line + node.lineno - 1
+        # a decorated definition starts at its first decorator
+        line = first_line + min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", ())]) - 1
         if isinstance(node, ast.Assign):
             self._assignment(node, line)
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
@@ -187,7 +191,8 @@ class _CanvasBuilder:
             raise CanvasError(f"a bare expression is not allowed ({_describe(node.value)}); "
                               f"only {_ALLOWED_SHAPES}", line)
         else:
-            what = _COMPOUND.get(type(node), f"{type(node).__name__} statements")
+            what = "decorated definitions" if getattr(node, "decorator_list", None) else \
+                _COMPOUND.get(type(node), f"{type(node).__name__} statements")
             raise CanvasError(f"{what} are not allowed; only {_ALLOWED_SHAPES}", line)
 
     def _assignment(self, node: ast.Assign, line: int) -> None:
@@ -328,10 +333,10 @@ def _parse_statement(text: str, first_line: int) -> list[ast.stmt]:
         return ast.parse(text).body
     except SyntaxError as exc:
         line = first_line + (exc.lineno or 1) - 1
-        keyword = _KEYWORD_STARTS.match(text.lstrip())
-        if keyword:
-            raise CanvasError(f"{keyword.group().strip()!r} statements are not allowed; only {_ALLOWED_SHAPES}",
-                              first_line) from None
+        header = _HEADER_START.match(text) if not text[:1].isspace() else None
+        if header:
+            what = _HEADERS[header.group(1) or header.group(2)]
+            raise CanvasError(f"{what} are not allowed; only {_ALLOWED_SHAPES}", first_line) from None
         raise CanvasError(f"invalid Python syntax: {exc.msg}", line) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         # null bytes, integer literals over the digit limit, absurd nesting
