@@ -15,8 +15,8 @@ to fit. A region's conditioning is its chunks concatenated. Token counts come fr
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 from lib_omost.canvas.model import Canvas, GlobalRegion, Region, ordered_regions
 

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from lib_omost.canvas import (
-    AREAS, LOCATIONS, OFFSETS, Canvas, GlobalRegion, Region, located_region, nearest_location, ordered_regions,
-    rect_from_location, region_masks,
+    AREAS,
+    LOCATIONS,
+    OFFSETS,
+    Canvas,
+    GlobalRegion,
+    Region,
+    located_region,
+    nearest_location,
+    ordered_regions,
+    rect_from_location,
+    region_masks,
 )
 from lib_omost.canvas.geometry import all_location_boxes, rect_mask
 

@@ -7,9 +7,22 @@ from pathlib import Path
 import pytest
 
 from lib_omost.canvas import (
-    HTML_COLORS, Canvas, CanvasError, GlobalRegion, Region, canvas_from_json, canvas_to_code, canvas_to_comfyui,
-    canvas_to_json, example_canvas, load_canvas_text, located_region, ordered_regions, parse_answer,
-    rect_from_location, validate_canvas,
+    HTML_COLORS,
+    Canvas,
+    CanvasError,
+    GlobalRegion,
+    Region,
+    canvas_from_json,
+    canvas_to_code,
+    canvas_to_comfyui,
+    canvas_to_json,
+    example_canvas,
+    load_canvas_text,
+    located_region,
+    ordered_regions,
+    parse_answer,
+    rect_from_location,
+    validate_canvas,
 )
 from lib_omost.prompts import normalize_prompt
 

@@ -7,10 +7,15 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lib_omost.canvas import (
-    CanvasError, IncrementalParser, load_canvas_text, parse_answer, rect_from_location,
+    CanvasError,
+    IncrementalParser,
+    load_canvas_text,
+    parse_answer,
+    rect_from_location,
 )
 
 DATA = Path(__file__).parent / "data"

@@ -5,7 +5,15 @@ import pytest
 from PIL import Image
 
 from lib_omost.canvas import (
-    Canvas, GlobalRegion, Region, color_preview, color_rgb, example_canvas, layout_sheet, overlay_image, region_masks,
+    Canvas,
+    GlobalRegion,
+    Region,
+    color_preview,
+    color_rgb,
+    example_canvas,
+    layout_sheet,
+    overlay_image,
+    region_masks,
 )
 from lib_omost.canvas.render import FILL_ALPHA, PREVIEW_MIX
 

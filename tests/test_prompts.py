@@ -6,8 +6,18 @@ import pytest
 
 from lib_omost.canvas import Canvas, GlobalRegion, Region, ordered_regions, parse_answer
 from lib_omost.prompts import (
-    CHUNK_TOKENS, RegionPrompt, canvas_chunks, canvas_prompts, count_words, cut_to_tokens, fit_prefixes,
-    global_prompt, local_prompt, normalize_prompt, pack_bags, region_chunks,
+    CHUNK_TOKENS,
+    RegionPrompt,
+    canvas_chunks,
+    canvas_prompts,
+    count_words,
+    cut_to_tokens,
+    fit_prefixes,
+    global_prompt,
+    local_prompt,
+    normalize_prompt,
+    pack_bags,
+    region_chunks,
 )
 
 SAMPLE = (Path(__file__).parent / "data" / "dragon_battle.response.md").read_text(encoding="utf-8")

@@ -7,7 +7,14 @@ from lib_omost.canvas.example import example_canvas
 from lib_omost.canvas.geometry import AREAS, GRID, LOCATIONS, OFFSETS, nearest_location, rect_from_location
 from lib_omost.canvas.jsonio import canvas_from_json, canvas_to_comfyui, canvas_to_json, load_canvas_text
 from lib_omost.canvas.model import (
-    Canvas, CanvasError, GlobalRegion, Region, located_region, ordered_indices, ordered_regions, region_masks,
+    Canvas,
+    CanvasError,
+    GlobalRegion,
+    Region,
+    located_region,
+    ordered_indices,
+    ordered_regions,
+    region_masks,
     validate_canvas,
 )
 from lib_omost.canvas.parser import IncrementalParser, ParseResult, parse_answer

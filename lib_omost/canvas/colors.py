@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 from lib_omost.canvas._color_table import HTML_COLORS
 from lib_omost.canvas.fuzzy import unique_closest
 
 RGB = tuple[int, int, int]
-Color = Union[str, RGB]
+Color = str | RGB
 
 _SPACING = str.maketrans("", "", " -_")
 
@@ -66,4 +64,5 @@ def color_label(color: Color) -> str:
     """A short text for a colour: its name, or #rrggbb for a triple."""
     if isinstance(color, str):
         return color
-    return "#%02x%02x%02x" % tuple(color)
+    r, g, b = color
+    return f"#{r:02x}{g:02x}{b:02x}"

@@ -7,7 +7,7 @@ only when it is clearly one allowed value, and the caller always reports the cor
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 _SEPARATORS = re.compile(r"[\s\-_/,.]+")
 

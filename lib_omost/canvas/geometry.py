@@ -5,7 +5,7 @@ Rects are (top, bottom, left, right) in grid units, end-exclusive, x to the righ
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

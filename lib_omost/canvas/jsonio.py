@@ -9,8 +9,15 @@ from typing import Any
 from lib_omost.canvas.colors import as_rgb_triple, color_name_of, color_rgb
 from lib_omost.canvas.geometry import FULL_RECT
 from lib_omost.canvas.model import (
-    Canvas, CanvasError, Region, check_lines, check_rect, check_region_count, checked_global,
-    checked_region, ordered_regions,
+    Canvas,
+    CanvasError,
+    Region,
+    check_lines,
+    check_rect,
+    check_region_count,
+    checked_global,
+    checked_region,
+    ordered_regions,
 )
 from lib_omost.canvas.parser import ParseResult, parse_answer
 
@@ -134,6 +141,7 @@ def load_canvas_text(text: str) -> ParseResult:
     except RecursionError:
         raise CanvasError("invalid JSON: nested too deeply") from None
     canvas = canvas_from_json(obj)
-    notes = ["read the ComfyUI_omost list form: tags, atmosphere, style and quality_meta are part of the "
-             "detailed descriptions there, and placements are free rectangles"] if isinstance(obj, list) else []
+    comfy_note = ("read the ComfyUI_omost list form: tags, atmosphere, style and quality_meta are part of the "
+                  "detailed descriptions there, and placements are free rectangles")
+    notes = [comfy_note] if isinstance(obj, list) else []
     return ParseResult(canvas=canvas, truncated=False, notes=notes)

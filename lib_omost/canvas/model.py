@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from lib_omost.canvas.colors import Color, as_rgb_triple, color_rgb
 import numpy as np
 
+from lib_omost.canvas.colors import Color, as_rgb_triple, color_rgb
 from lib_omost.canvas.geometry import AREAS, FULL_RECT, GRID, LOCATIONS, OFFSETS, rect_from_location, rect_mask
 
 MAX_TEXT_CHARS = 10_000  # one description, tag list, ... (an Omost answer's longest string is ~600)

@@ -27,7 +27,14 @@ from lib_omost.canvas.colors import correct_color_name
 from lib_omost.canvas.fuzzy import correct_phrase, unique_closest
 from lib_omost.canvas.geometry import AREAS, LOCATIONS, OFFSETS
 from lib_omost.canvas.model import (
-    MAX_LINES, MAX_REGIONS, MAX_TEXT_CHARS, Canvas, CanvasError, GlobalRegion, Region, located_region,
+    MAX_LINES,
+    MAX_REGIONS,
+    MAX_TEXT_CHARS,
+    Canvas,
+    CanvasError,
+    GlobalRegion,
+    Region,
+    located_region,
 )
 from lib_omost.canvas.scanner import StatementScanner
 
@@ -554,8 +561,8 @@ class IncrementalParser:
                 return [f"the answer was cut at line {statement[1]}; its incomplete last statement was ignored"]
         pending = self._scanner.pending()
         if pending is not None:
-            return [f"the answer was cut inside the statement starting at line {pending[1]}; "
-                    "that statement was ignored"]
+            return [(f"the answer was cut inside the statement starting at line {pending[1]}; "
+                     "that statement was ignored")]
         return ["the answer was cut: its ``` block has no closing fence"] if self._fenced else []
 
 

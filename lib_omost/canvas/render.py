@@ -93,7 +93,7 @@ def overlay_image(canvas: Canvas, width: int, height: int, background: Image.Ima
     for i, (x0, y0, x1, y1) in boxes:
         rgb = color_rgb(canvas.regions[i].color)
         text = _label_text(i + 1, canvas.regions[i].description, font, x1 - x0 - 2 * line - 4)
-        tx0, ty0, tx1, ty1 = font.getbbox(text)
+        _, _, tx1, ty1 = font.getbbox(text)
         w, h = tx1 + 4, ty1 + 3
         x, y = x0 + line + 1, y0 + line + 1
         while any(x < px1 and px0 < x + w and y < py1 and py0 < y + h for px0, py0, px1, py1 in placed) \
