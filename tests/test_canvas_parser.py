@@ -152,6 +152,18 @@ def test_feed_result_is_partial_until_the_fence_closes():
         parser.feed("more")
 
 
+def test_an_error_while_streaming_is_final():
+    parser = IncrementalParser()
+    parser.feed("canvas = Canvas()\n")
+    with pytest.raises(CanvasError) as first:
+        parser.feed("import os\n")
+    assert first.value.line == 2
+    for again in (lambda: parser.feed(CALL_GLOBAL + "\n"), parser.finish):
+        with pytest.raises(CanvasError) as info:
+            again()
+        assert info.value is first.value
+
+
 # ---- hostile input: rejected, never executed ----------------------------------------------------------
 
 def hostile_snippets(target):

@@ -397,8 +397,28 @@ class IncrementalParser:
         self._code_start = 0  # line number of self._code[0]
         self._result: ParseResult | None = None
         self._finished: ParseResult | None = None
+        self._error: CanvasError | None = None
 
     def feed(self, chunk: str) -> ParseResult:
+        """Add the next piece of the answer; returns everything complete so far (``truncated`` stays True
+        until the code block closes). A CanvasError is final: later calls raise it again."""
+        return self._guarded(self._feed, chunk)
+
+    def finish(self) -> ParseResult:
+        """Ends the stream: the last line (no newline needed) is read; an answer cut inside a statement
+        or without its closing fence is reported in ``notes`` and ``truncated``."""
+        return self._guarded(self._finish)
+
+    def _guarded(self, step, *args) -> ParseResult:
+        if self._error is not None:
+            raise self._error
+        try:
+            return step(*args)
+        except CanvasError as exc:
+            self._error = exc
+            raise
+
+    def _feed(self, chunk: str) -> ParseResult:
         if self._finished is not None:
             raise RuntimeError("feed() after finish()")
         self._chars += len(chunk)
@@ -433,14 +453,12 @@ class IncrementalParser:
                                        notes=self._notes())
         return self._result
 
-    def finish(self) -> ParseResult:
-        """Ends the stream: the last line (no newline needed) is read; an answer cut inside a statement
-        or without its closing fence is reported in ``notes`` and ``truncated``."""
+    def _finish(self) -> ParseResult:
         if self._finished is not None:
             return self._finished
         if self._held_cr:
             self._held_cr = False
-            self.feed("\n")
+            self._feed("\n")
         if self._blank:
             raise CanvasError("the answer is empty")
         self._flush()
