@@ -7,10 +7,9 @@ import torch
 
 from lib_omost.attention.core import attention
 from lib_omost.attention.regional import (
-    allowed_tokens, attention_by_rows, attention_couple, couple_weights, dense_cross_layout,
-    dense_self_layout, densediffusion_attention, densediffusion_cross_attention,
-    densediffusion_self_attention, masks_at_layer, omost_attention, omost_attention_explicit,
-    owner_regions, tile_token_regions)
+    allowed_tokens, attention_by_rows, attention_couple, couple_layout, couple_weights, dense_cross_layout,
+    dense_self_layout, densediffusion_attention, masks_at_layer, omost_attention, omost_attention_explicit,
+    omost_layout, owner_regions, tile_token_regions, DENSE_SELF_WEIGHT)
 
 H, W = 5, 7                       # odd layer grid
 N = H * W
@@ -72,6 +71,27 @@ def plain(q, k, v):
     return attention(q, k, v, HEADS)
 
 
+# one-shot forms: build the layout for this call, then run the method
+def omost(q, k, v, regions, masks, cond_rows=None, **params):
+    layout = omost_layout(regions, masks, k.shape[1], dtype=q.dtype, **params)
+    return omost_attention(q, k, v, HEADS, layout, cond_rows=cond_rows)
+
+
+def explicit(q, k, v, regions, masks, **params):
+    layout = omost_layout(regions, masks, k.shape[1], dtype=q.dtype, **params)
+    return omost_attention_explicit(q, k, v, HEADS, layout)
+
+
+def couple(q, k, v, regions, masks, cond_rows=None, **params):
+    layout = couple_layout(regions, masks, k.shape[1], dtype=q.dtype, **params)
+    return attention_couple(q, k, v, HEADS, layout, cond_rows=cond_rows)
+
+
+def dense(q, k, v, regions, masks, timestep, cond_rows=None, weight=1.0):
+    layout = dense_cross_layout(regions, masks, k.shape[1])
+    return densediffusion_attention(q, k, v, HEADS, layout, timestep, weight=weight, cond_rows=cond_rows)
+
+
 # ------------------------------------------------------------------------------------------ inputs
 
 def test_tile_token_regions_repeats_the_whole_sequence():
@@ -118,15 +138,15 @@ def test_uncovered_pixels_are_rejected():
     q, k, v = tensors(length=sum(TOKENS[1:]))
     regions = token_map(TOKENS[1:]) + 1          # no global tokens: some pixels see nothing
     with pytest.raises(ValueError, match="global region"):
-        omost_attention(q, k, v, HEADS, regions, masks)
+        omost(q, k, v, regions, masks)
 
 
 def test_bad_region_index_and_soft_masks_are_rejected():
     q, k, v = tensors()
     with pytest.raises(ValueError, match="only regions 0..3"):
-        omost_attention(q, k, v, HEADS, token_map() * 2, rect_masks())
+        omost(q, k, v, token_map() * 2, rect_masks())
     with pytest.raises(TypeError, match="bool"):
-        omost_attention(q, k, v, HEADS, token_map(), rect_masks().double())
+        omost(q, k, v, token_map(), rect_masks().double())
 
 
 # -------------------------------------------------------------------------------- Omost method
@@ -135,8 +155,8 @@ def test_omost_equals_the_explicit_formula():
     q, k, v = tensors(batch=2)
     masks, regions = rect_masks(), token_map()
     expected = omost_formula(q, k, v, regions, masks)
-    assert close(omost_attention(q, k, v, HEADS, regions, masks), expected, atol=1e-10)
-    assert close(omost_attention_explicit(q, k, v, HEADS, regions, masks), expected, atol=1e-10)
+    assert close(omost(q, k, v, regions, masks), expected, atol=1e-10)
+    assert close(explicit(q, k, v, regions, masks), expected, atol=1e-10)
 
 
 @pytest.mark.parametrize("strength", [0.3, 0.9, 1.5])
@@ -145,28 +165,28 @@ def test_omost_strength_and_weights_follow_the_documented_formula(strength):
     masks, regions = rect_masks(), token_map()
     weights = [1.0, 0.5, 2.0, 1.25]
     expected = omost_formula(q, k, v, regions, masks, strength, weights)
-    out = omost_attention(q, k, v, HEADS, regions, masks, strength=strength, region_weights=weights)
+    out = omost(q, k, v, regions, masks, strength=strength, region_weights=weights)
     assert close(out, expected, atol=1e-10)
-    explicit = omost_attention_explicit(q, k, v, HEADS, regions, masks, strength=strength, region_weights=weights)
-    assert close(explicit, expected, atol=1e-10)
+    slow = explicit(q, k, v, regions, masks, strength=strength, region_weights=weights)
+    assert close(slow, expected, atol=1e-10)
 
 
 def test_omost_strength_zero_is_exactly_plain_attention():
     q, k, v = tensors(seed=2)
-    out = omost_attention(q, k, v, HEADS, token_map(), rect_masks(), strength=0.0)
+    out = omost(q, k, v, token_map(), rect_masks(), strength=0.0)
     assert torch.equal(out, plain(q, k, v))
 
 
 def test_omost_single_full_canvas_region_is_plain_attention():
     q, k, v = tensors(length=9, seed=3)
     masks = torch.ones(1, N, dtype=torch.bool)
-    out = omost_attention(q, k, v, HEADS, torch.zeros(9, dtype=torch.long), masks)
+    out = omost(q, k, v, torch.zeros(9, dtype=torch.long), masks)
     assert close(out, plain(q, k, v), atol=1e-12)
 
 
 def test_omost_differs_from_plain_attention_with_regions():
     q, k, v = tensors(seed=4)
-    out = omost_attention(q, k, v, HEADS, token_map(), rect_masks())
+    out = omost(q, k, v, token_map(), rect_masks())
     assert not torch.allclose(out, plain(q, k, v), atol=1e-3)
 
 
@@ -194,7 +214,7 @@ def couple_formula(q, k, v, regions, masks, mode, weights=None):
 def test_couple_equals_the_per_region_sum(mode):
     q, k, v = tensors(batch=2, seed=5)
     masks, regions = rect_masks(), token_map()
-    out = attention_couple(q, k, v, HEADS, regions, masks, mode=mode)
+    out = couple(q, k, v, regions, masks, mode=mode)
     assert close(out, couple_formula(q, k, v, regions, masks, mode), atol=1e-10)
 
 
@@ -203,23 +223,35 @@ def test_couple_soft_masks_and_weights():
     masks = rect_masks().double() * torch.tensor([1.0, 0.6, 0.8, 0.3])[:, None]
     weights = [0.5, 1.0, 2.0, 1.5]
     regions = token_map()
-    out = attention_couple(q, k, v, HEADS, regions, masks, region_weights=weights)
+    out = couple(q, k, v, regions, masks, region_weights=weights)
     assert close(out, couple_formula(q, k, v, regions, masks, "average", weights), atol=1e-10)
     assert close(couple_weights(masks, "average", weights).sum(0), torch.ones(N, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("block", [1, 4, 16])
+def test_couple_packing_in_small_blocks_is_exact(block):
+    # regions split into several padded entries of `block` queries; soft masks; two images
+    q, k, v = tensors(batch=2, seed=19)
+    masks = rect_masks().double() * torch.tensor([1.0, 0.5, 0.8, 0.3])[:, None]
+    regions = token_map()
+    layout = couple_layout(regions, masks, k.shape[1], dtype=q.dtype, block=block)
+    assert layout.token_index.shape[0] >= masks.shape[0]
+    out = attention_couple(q, k, v, HEADS, layout)
+    assert close(out, couple_formula(q, k, v, regions, masks, "average"))
 
 
 def test_couple_equal_length_regions_need_no_padding():
     counts = [3, 3, 3, 3]
     q, k, v = tensors(length=12, seed=7)
     masks, regions = rect_masks(), token_map(counts)
-    out = attention_couple(q, k, v, HEADS, regions, masks)
+    out = couple(q, k, v, regions, masks)
     assert close(out, couple_formula(q, k, v, regions, masks, "average"), atol=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["average", "overlay"])
 def test_couple_single_full_canvas_region_is_plain_attention(mode):
     q, k, v = tensors(length=6, seed=8)
-    out = attention_couple(q, k, v, HEADS, torch.zeros(6, dtype=torch.long), torch.ones(1, N, dtype=torch.bool),
+    out = couple(q, k, v, torch.zeros(6, dtype=torch.long), torch.ones(1, N, dtype=torch.bool),
                            mode=mode)
     assert close(out, plain(q, k, v), atol=1e-12)
 
@@ -227,14 +259,16 @@ def test_couple_single_full_canvas_region_is_plain_attention(mode):
 def test_couple_strength_blends_with_plain_attention():
     q, k, v = tensors(seed=9)
     masks, regions = rect_masks(), token_map()
-    full = attention_couple(q, k, v, HEADS, regions, masks)
-    half = attention_couple(q, k, v, HEADS, regions, masks, strength=0.25)
+    full = couple(q, k, v, regions, masks)
+    half = couple(q, k, v, regions, masks, strength=0.25)
     assert close(half, 0.75 * plain(q, k, v) + 0.25 * full, atol=1e-12)
-    assert torch.equal(attention_couple(q, k, v, HEADS, regions, masks, strength=0.0), plain(q, k, v))
+    assert torch.equal(couple(q, k, v, regions, masks, strength=0.0), plain(q, k, v))
     with pytest.raises(ValueError, match="between 0 and 1"):
-        attention_couple(q, k, v, HEADS, regions, masks, strength=1.5)
+        couple(q, k, v, regions, masks, strength=1.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        omost(q, k, v, regions, masks, strength=-0.5)
     with pytest.raises(ValueError, match="not one of"):
-        attention_couple(q, k, v, HEADS, regions, masks, mode="sum")
+        couple(q, k, v, regions, masks, mode="sum")
 
 
 # ------------------------------------------------------------------------------- DenseDiffusion
@@ -257,7 +291,8 @@ def dense_formula(q, k, v, allowed, size_reg, timestep, weight):
 
 def test_dense_size_regularizer_uses_the_nearest_region():
     masks = rect_masks()
-    _, size_reg = dense_cross_layout(token_map(), masks, size_weight=0.5)
+    size_reg = dense_cross_layout(token_map(), masks, sum(TOKENS), size_weight=0.5).size_reg
+    assert torch.equal(dense_self_layout(masks, size_weight=0.5).size_reg, size_reg)
     areas = masks.sum(1).double()
     for i in range(N):
         owner = max(r for r in range(masks.shape[0]) if masks[r, i])
@@ -267,44 +302,51 @@ def test_dense_size_regularizer_uses_the_nearest_region():
 def test_dense_cross_equals_the_formula():
     q, k, v = tensors(batch=2, seed=10)
     masks, regions = rect_masks(), token_map()
-    allowed, size_reg = dense_cross_layout(regions, masks)
-    out = densediffusion_cross_attention(q, k, v, HEADS, regions, masks, timestep=900.0)
-    assert close(out, dense_formula(q, k, v, allowed, size_reg, 900.0, 1.0), atol=1e-10)
+    layout = dense_cross_layout(regions, masks, k.shape[1])
+    assert torch.equal(layout.allowed, allowed_tokens(regions, masks))
+    out = dense(q, k, v, regions, masks, timestep=900.0)
+    assert close(out, dense_formula(q, k, v, layout.allowed, layout.size_reg, 900.0, 1.0), atol=1e-10)
     assert not torch.allclose(out, plain(q, k, v), atol=1e-3)
 
 
 def test_dense_self_equals_the_formula():
     q, k, v = tensors(length=N, seed=11)
     masks = rect_masks()
-    allowed, size_reg = dense_self_layout(masks)
+    layout = dense_self_layout(masks)
     owner = owner_regions(masks)
-    assert torch.equal(allowed, owner[:, None] == owner[None, :])
-    out = densediffusion_self_attention(q, k, v, HEADS, masks, timestep=999.0)
-    assert close(out, dense_formula(q, k, v, allowed, size_reg, 999.0, 0.3), atol=1e-10)
+    assert torch.equal(layout.allowed, owner[:, None] == owner[None, :])
+    out = densediffusion_attention(q, k, v, HEADS, layout, timestep=999.0, weight=DENSE_SELF_WEIGHT)
+    assert close(out, dense_formula(q, k, v, layout.allowed, layout.size_reg, 999.0, 0.3), atol=1e-10)
 
 
 def test_dense_at_timestep_zero_is_plain_attention():
     q, k, v = tensors(seed=12)
-    out = densediffusion_cross_attention(q, k, v, HEADS, token_map(), rect_masks(), timestep=0.0)
+    out = dense(q, k, v, token_map(), rect_masks(), timestep=0.0)
     assert close(out, plain(q, k, v), atol=1e-12)
     with pytest.raises(ValueError, match="between 0 and 1000"):
-        densediffusion_cross_attention(q, k, v, HEADS, token_map(), rect_masks(), timestep=1200.0)
+        dense(q, k, v, token_map(), rect_masks(), timestep=1200.0)
 
 
-def test_dense_checks_the_layout_shape():
+def test_layouts_are_checked_against_the_call():
     q, k, v = tensors(seed=13)
-    allowed, size_reg = dense_cross_layout(token_map(), rect_masks())
-    with pytest.raises(ValueError, match="allowed must be"):
-        densediffusion_attention(q, k[:, :5], v[:, :5], HEADS, allowed, size_reg, 500.0)
+    regions, masks = token_map(), rect_masks()
+    layouts = [(densediffusion_attention, dense_cross_layout(regions, masks, k.shape[1]), (500.0,)),
+               (omost_attention, omost_layout(regions, masks, k.shape[1]), ()),
+               (attention_couple, couple_layout(regions, masks, k.shape[1]), ())]
+    for method, layout, extra in layouts:
+        with pytest.raises(ValueError, match="one layout per layer size and context length"):
+            method(q, k.repeat(1, 2, 1), v.repeat(1, 2, 1), HEADS, layout, *extra)
+        with pytest.raises(ValueError, match="one layout per layer size and context length"):
+            method(q[:, :-1], k, v, HEADS, layout, *extra)
 
 
 # --------------------------------------------------------------------- properties of all methods
 
 METHODS = {
-    "omost": lambda q, k, v, reg, m, **kw: omost_attention(q, k, v, HEADS, reg, m, **kw),
-    "couple-average": lambda q, k, v, reg, m, **kw: attention_couple(q, k, v, HEADS, reg, m, **kw),
-    "couple-overlay": lambda q, k, v, reg, m, **kw: attention_couple(q, k, v, HEADS, reg, m, mode="overlay", **kw),
-    "dense": lambda q, k, v, reg, m, **kw: densediffusion_cross_attention(q, k, v, HEADS, reg, m, 800.0, **kw),
+    "omost": lambda q, k, v, reg, m, **kw: omost(q, k, v, reg, m, **kw),
+    "couple-average": lambda q, k, v, reg, m, **kw: couple(q, k, v, reg, m, **kw),
+    "couple-overlay": lambda q, k, v, reg, m, **kw: couple(q, k, v, reg, m, mode="overlay", **kw),
+    "dense": lambda q, k, v, reg, m, **kw: dense(q, k, v, reg, m, 800.0, **kw),
 }
 
 
@@ -348,7 +390,7 @@ def test_densediffusion_is_soft_region_b_reaches_pixels_outside_b():
 
 
 @pytest.mark.parametrize("name", METHODS)
-@pytest.mark.parametrize("cond_rows", [[2, 3], [0, 1], [0, 2]])
+@pytest.mark.parametrize("cond_rows", [[2, 3], [0, 1], [1, 2], [0, 2], [1, 3]])
 def test_cond_rows_are_regional_and_the_others_plain(name, cond_rows):
     # batch 4: two images x (cond, uncond) in any chunk order; every row shares the context length
     q, k, v = tensors(batch=4, seed=16)
@@ -367,9 +409,9 @@ def test_cond_rows_are_regional_and_the_others_plain(name, cond_rows):
 def test_no_cond_rows_is_plain_attention_and_bad_rows_are_rejected():
     q, k, v = tensors(batch=2, seed=17)
     masks, regions = rect_masks(), token_map()
-    assert torch.equal(omost_attention(q, k, v, HEADS, regions, masks, cond_rows=[]), plain(q, k, v))
+    assert torch.equal(omost(q, k, v, regions, masks, cond_rows=[]), plain(q, k, v))
     with pytest.raises(ValueError, match="distinct rows of a batch of 2"):
-        omost_attention(q, k, v, HEADS, regions, masks, cond_rows=[2])
+        omost(q, k, v, regions, masks, cond_rows=[2])
     with pytest.raises(ValueError, match="distinct rows"):
         attention_by_rows(q, k, v, HEADS, [0, 0], plain)
 

@@ -6,15 +6,21 @@ Regional inputs shared by every method:
 
 * ``token_regions`` -- LongTensor ``[L0]``: the region index of every token of the concatenated regional
   context (region order = the canvas order: 0 is the global region, then regions far -> near). When the
-  WebUI repeats a cond to an LCM length the map is tiled the same way (``tile_token_regions``); every
-  method here does that itself when ``k`` is longer than the map, and raises when the length does not
-  divide.
+  WebUI repeats a cond to an LCM length the map is tiled the same way (``tile_token_regions``); the layout
+  builders do that themselves from ``context_len`` and raise when the length does not divide.
 * ``region_masks`` -- ``[R, N]`` pixel masks at the layer's ``h*w`` grid (``masks_at_layer``), bool for the
   hard-mask methods, bool or float (soft) for attention couple. Every pixel must lie in at least one region
   that owns tokens (the global region normally covers everything); otherwise a clear error is raised.
 
-Every method takes ``cond_rows``: the batch rows that carry the regional context. The other rows (the
-negative prompt) get plain attention over their own context (``attention_by_rows``). ``None`` = all rows.
+Each method has a *layout* builder (validates the inputs once, builds masks/scales on the masks' device,
+synchronises with the device) and an attention function taking that layout (no validation, no device
+synchronisation, so it stays cheap on a GPU). A layout depends on the layer grid, the context length, the
+parameters and the dtype, so a caller builds one per (layer size, context length, dtype) and reuses it
+for every layer and step of that size.
+
+Every attention function takes ``cond_rows``: the batch rows that carry the regional context. The other
+rows (the negative prompt) get plain attention over their own context (``attention_by_rows``).
+``None`` = all rows.
 
 Which methods are hard masks (perturbing region B's tokens leaves every pixel outside B unchanged):
 Omost score manipulation at strength >= 1 and attention couple at strength 1 (average and overlay).
@@ -25,6 +31,7 @@ pixels outside B, so it is not.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -33,6 +40,7 @@ import torch.nn.functional as F
 from .core import attention, merge_heads, scale, split_heads
 
 COUPLE_MODES = ("average", "overlay")
+COUPLE_QUERY_BLOCK = 512    # queries per stacked batch entry in attention couple
 DENSE_CROSS_WEIGHT = 1.0    # DenseDiffusion's w for cross-attention (w^c)
 DENSE_SELF_WEIGHT = 0.3     # DenseDiffusion's w for self-attention (w^s)
 
@@ -71,21 +79,18 @@ def masks_at_layer(masks: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return resized > 0.5 if masks.dtype == torch.bool else resized.to(masks.dtype)
 
 
-def _check_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, n_pixels: int,
-                  context_len: int, hard: bool) -> torch.Tensor:
-    """Validate the regional inputs against one call; return the map tiled to ``context_len``.
-
-    ``region_masks`` must already be on the call's device (``_on_device``).
-    """
-    if region_masks.dim() != 2 or region_masks.shape[1] != n_pixels:
-        raise ValueError(f"region_masks must be [regions, {n_pixels}] for this layer "
-                         f"(masks_at_layer with the layer's h, w), got shape {tuple(region_masks.shape)}")
+def _check_regions(token_regions: torch.Tensor, region_masks: torch.Tensor, context_len: int,
+                   hard: bool) -> torch.Tensor:
+    """Validate the regional inputs; return the map tiled to ``context_len`` on the masks' device."""
+    if region_masks.dim() != 2:
+        raise ValueError(f"region_masks must be [regions, pixels] (masks_at_layer with the layer's h, w), "
+                         f"got shape {tuple(region_masks.shape)}")
     if hard and region_masks.dtype != torch.bool:
         raise TypeError(f"this method needs hard (bool) region masks, got {region_masks.dtype}; "
                         f"threshold soft masks first (masks > 0.5)")
     if token_regions.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"token_regions must be an integer tensor, got {token_regions.dtype}")
-    n_regions = region_masks.shape[0]
+    n_regions, n_pixels = region_masks.shape
     low, high = int(token_regions.min()), int(token_regions.max())
     if low < 0 or high >= n_regions:
         raise ValueError(f"token_regions holds region {low if low < 0 else high}, "
@@ -131,16 +136,26 @@ def _region_weights(region_weights, n_regions: int, device) -> torch.Tensor:
     return weights
 
 
-def _check_strength(strength: float) -> float:
+def _check_strength(strength: float, maximum: float = math.inf) -> float:
     strength = float(strength)
-    if not math.isfinite(strength) or strength < 0:
-        raise ValueError(f"strength must be a finite number >= 0, got {strength}")
+    if not (math.isfinite(strength) and 0.0 <= strength <= maximum):
+        allowed = ">= 0" if maximum == math.inf else f"between 0 and {maximum:g}"
+        raise ValueError(f"strength must be a finite number {allowed}, got {strength}")
     return strength
 
 
-def _on_device(region_masks: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The masks on q's device (a no-op when already there; callers should keep them there)."""
-    return region_masks.to(q.device)
+def _check_call(q: torch.Tensor, k: torch.Tensor, n_pixels: int, context_len: int, what: str) -> None:
+    if q.shape[1] != n_pixels or k.shape[1] != context_len:
+        raise ValueError(f"the {what} layout was built for {n_pixels} pixels x {context_len} tokens, this call "
+                         f"has {q.shape[1]} x {k.shape[1]}; build one layout per layer size and context length")
+
+
+def _outside_bias(allowed_nr: torch.Tensor, token_regions: torch.Tensor, outside: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Additive ``[N, L]`` mask from a per-(pixel, region) table: 0 where allowed, ``outside`` elsewhere.
+    One gather of N x L values (cheaper than building the bool [N, L] first)."""
+    table = torch.zeros(allowed_nr.shape, dtype=dtype, device=allowed_nr.device)
+    return table.masked_fill_(~allowed_nr, outside).index_select(1, token_regions)
 
 
 # ------------------------------------------------------------------------------ cond / uncond rows
@@ -163,6 +178,14 @@ def attention_by_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
         return attention(q, k, v, heads)
     if len(rows) == batch:
         return regional(q, k, v)
+    if rows == list(range(rows[0], rows[-1] + 1)):           # contiguous (the usual case): slices, no gather
+        head, tail = slice(0, rows[0]), slice(rows[-1] + 1, batch)
+        mid = slice(rows[0], rows[-1] + 1)
+        parts = [attention(q[head], k[head], v[head], heads)] if rows[0] > 0 else []
+        parts.append(regional(q[mid], k[mid], v[mid]))
+        if rows[-1] + 1 < batch:
+            parts.append(attention(q[tail], k[tail], v[tail], heads))
+        return torch.cat(parts)
     chosen = set(rows)
     others = [r for r in range(batch) if r not in chosen]
     rows_t = torch.tensor(rows, device=q.device)
@@ -175,6 +198,15 @@ def attention_by_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
 
 # --------------------------------------------------------------- (a) Omost score manipulation
 
+@dataclass(frozen=True)
+class OmostLayout:
+    """Prepared Omost score manipulation for one (layer size, context length, dtype)."""
+    n_pixels: int
+    context_len: int
+    key_scale: torch.Tensor | None      # [L] logit multiplier per token; None = plain attention
+    bias: torch.Tensor | None           # [N, L] additive mask (0 inside, log(1 - strength) or -inf outside)
+
+
 def omost_key_scale(token_regions: torch.Tensor, region_masks: torch.Tensor, strength: float = 1.0,
                     region_weights=None) -> torch.Tensor:
     """Per-token logit multiplier ``[L]`` (float64): ``w_r(j) * (N / A_r(j)) ** strength``.
@@ -185,67 +217,83 @@ def omost_key_scale(token_regions: torch.Tensor, region_masks: torch.Tensor, str
     n_pixels = region_masks.shape[1]
     areas = region_areas(region_masks).clamp_min(1.0)
     weights = _region_weights(region_weights, region_masks.shape[0], region_masks.device)
-    per_region = weights * (n_pixels / areas) ** strength
-    return per_region[token_regions]
+    return (weights * (n_pixels / areas) ** strength)[token_regions]
 
 
-def omost_bias(token_regions: torch.Tensor, region_masks: torch.Tensor, strength: float,
-               dtype: torch.dtype) -> torch.Tensor:
-    """Additive ``[N, L]`` mask: 0 where pixel i is inside region r(j), else ``log(1 - strength)``
-    (``-inf`` for strength >= 1)."""
-    outside = math.log(1.0 - strength) if strength < 1.0 else float("-inf")
-    inside = region_masks.bool().t()                                   # [N, R]
-    table = torch.zeros(inside.shape, dtype=dtype, device=inside.device).masked_fill_(~inside, outside)
-    return table.index_select(1, token_regions)                        # one gather of N x L values
-
-
-def omost_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                    token_regions: torch.Tensor, region_masks: torch.Tensor, *, strength: float = 1.0,
-                    region_weights=None, cond_rows: Sequence[int] | None = None) -> torch.Tensor:
-    """Omost score manipulation on the ``cond_rows`` (plain attention on the others).
+def omost_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, context_len: int, *,
+                 strength: float = 1.0, region_weights=None, dtype: torch.dtype = torch.float32) -> OmostLayout:
+    """Validate and prepare Omost score manipulation (on ``region_masks``' device).
 
     At strength 1: ``logit_ij = (q_i . k_j / sqrt d) * N / A_r(j)`` if pixel i is inside region r(j), else
-    ``-inf``. Computed without an ``N x L`` logits tensor: key j is scaled by ``s_j`` and SDPA gets the
-    region mask (as its additive 0 / -inf form: PyTorch's CPU kernel takes its fused path only for float
-    masks, and on CUDA both forms use the same kernel).
-
-    ``strength`` (>= 0): the key scale becomes ``w_r * (N / A_r) ** strength`` and a token outside the pixel's
-    regions keeps a factor ``1 - strength`` of its softmax weight (additive bias ``log(1 - strength)``); at
-    strength >= 1 the mask is hard (values above 1 sharpen the area emphasis only). Strength 0 is plain
-    attention over the whole context, returned by the plain path (weights are then ignored).
+    ``-inf``. ``strength`` (>= 0): the key scale becomes ``w_r * (N / A_r) ** strength`` and a token outside
+    the pixel's regions keeps a factor ``1 - strength`` of its softmax weight (additive bias
+    ``log(1 - strength)``); at strength >= 1 the mask is hard (values above 1 only sharpen the area
+    emphasis). Strength 0 is plain attention over the whole context (the weights are then ignored).
     ``region_weights`` (``[R]``, >= 0, default 1): multiplies the logits of that region's tokens, like the
     area factor itself (1 = Omost's behaviour).
     """
     strength = _check_strength(strength)
+    n_pixels = region_masks.shape[-1]
+    regions = _check_regions(token_regions, region_masks, context_len, hard=True)
     if strength == 0.0:
+        return OmostLayout(n_pixels, context_len, None, None)
+    key_scale = omost_key_scale(regions, region_masks, strength, region_weights).to(dtype)
+    outside = math.log(1.0 - strength) if strength < 1.0 else float("-inf")
+    bias = _outside_bias(region_masks.t(), regions, outside, dtype)
+    return OmostLayout(n_pixels, context_len, key_scale, bias)
+
+
+def omost_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, layout: OmostLayout, *,
+                    cond_rows: Sequence[int] | None = None) -> torch.Tensor:
+    """Omost score manipulation on the ``cond_rows`` (plain attention on the others).
+
+    No ``N x L`` logits: key j is scaled by ``s_j`` and SDPA gets the region mask in its additive 0 / -inf
+    form (PyTorch's CPU kernel takes its fused path only for float masks; on CUDA both forms use the same
+    kernel). A strength-0 layout returns plain attention.
+    """
+    _check_call(q, k, layout.n_pixels, layout.context_len, "Omost")
+    if layout.key_scale is None:
         return attention(q, k, v, heads)
-    region_masks = _on_device(region_masks, q)
-    regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
+    key_scale = layout.key_scale.to(k.device, k.dtype)[:, None]
+    bias = layout.bias.to(q.device, q.dtype)
 
     def regional(q_, k_, v_):
-        key_scale = omost_key_scale(regions, region_masks, strength, region_weights)
-        bias = omost_bias(regions, region_masks, strength, q_.dtype)
-        return attention(q_, k_ * key_scale.to(k_)[:, None], v_, heads, mask=bias)
+        return attention(q_, k_ * key_scale, v_, heads, mask=bias)
 
     return attention_by_rows(q, k, v, heads, cond_rows, regional)
 
 
 def omost_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                             token_regions: torch.Tensor, region_masks: torch.Tensor, *,
-                             strength: float = 1.0, region_weights=None) -> torch.Tensor:
+                             layout: OmostLayout) -> torch.Tensor:
     """Reference formulation of ``omost_attention`` (all rows regional) with explicit ``[B, H, N, L]``
     logits, as the original Omost pipeline computes them. Slow; for tests and the benchmark baseline."""
-    strength = _check_strength(strength)
-    region_masks = _on_device(region_masks, q)
-    regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
+    _check_call(q, k, layout.n_pixels, layout.context_len, "Omost")
+    if layout.key_scale is None:
+        return attention(q, k, v, heads)
     qh, kh, vh = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
     logits = (qh @ kh.transpose(-1, -2)) * scale(qh.shape[-1])
-    logits = logits * omost_key_scale(regions, region_masks, strength, region_weights).to(logits)
-    logits = logits + omost_bias(regions, region_masks, strength, logits.dtype)
+    logits = logits * layout.key_scale.to(logits)
+    logits = logits + layout.bias.to(logits)
     return merge_heads(logits.softmax(-1) @ vh)
 
 
 # ----------------------------------------------------------------------- (b) attention couple
+
+@dataclass(frozen=True)
+class CoupleLayout:
+    """Prepared attention couple for one (layer size, context length, dtype)."""
+    n_pixels: int
+    context_len: int
+    mode: str
+    strength: float
+    bias: torch.Tensor | None = None          # overlay: [N, L] 0 on the owner region's tokens, -inf elsewhere
+    pixels: torch.Tensor | None = None        # average: packed queries' pixels [E * block]
+    mix: torch.Tensor | None = None           # average: packed queries' weights [E * block] (0 = padding)
+    token_index: torch.Tensor | None = None   # average: each entry's region tokens [E, Lmax]
+    key_bias: torch.Tensor | None = None      # average: [E, Lmax] -inf on padded keys, or None
+    spans: tuple = ()                         # average: (first packed query, pixel count) per region
+    block: int = COUPLE_QUERY_BLOCK
+
 
 def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_weights=None) -> torch.Tensor:
     """``[R, N]`` mixing weights of attention couple (float64).
@@ -268,114 +316,125 @@ def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_wei
     return weighted / total
 
 
-COUPLE_QUERY_BLOCK = 256   # queries per stacked batch entry in attention couple
-
-
-def _region_stack(token_regions: torch.Tensor, regions: list[int]):
-    """Token indices ``[R', Lmax]`` of each listed region (padded with index 0) and the validity mask."""
-    groups = [torch.nonzero(token_regions == r).flatten() for r in regions]
-    longest = max(len(g) for g in groups)
-    index = torch.zeros(len(groups), longest, dtype=torch.long, device=token_regions.device)
-    valid = torch.zeros(len(groups), longest, dtype=torch.bool, device=token_regions.device)
-    for row, group in enumerate(groups):
-        index[row, :len(group)] = group
-        valid[row, :len(group)] = True
-    return index, valid
-
-
-def _couple_entries(weights: torch.Tensor, block: int):
+def _couple_entries(weights: torch.Tensor, regions: torch.Tensor, block: int, dtype: torch.dtype):
     """Pack the (region, pixel) pairs with a positive weight into entries of ``block`` queries each.
 
-    Returns the used regions, each entry's position among them ``[E]``, and per packed query its pixel
-    ``[E*block]`` and weight ``[E*block]`` (padding queries: pixel 0, weight 0).
+    Returns per packed query its pixel and weight (padding queries: pixel 0, weight 0), per entry the token
+    indices of its region (padded to the longest region), the key padding bias (None when no padding) and
+    per region the span of its real queries in the packed order.
     """
-    used, entry_of, pixels, mix = [], [], [], []
+    pixels, mix, tokens, spans = [], [], [], []
     for r in range(weights.shape[0]):
         inside = torch.nonzero(weights[r] > 0).flatten()
         if not len(inside):
             continue
+        group = torch.nonzero(regions == r).flatten()
+        if not len(group):
+            raise ValueError(f"region {r} has a positive mask but no tokens in the context")
         chunks = -(-len(inside) // block)
         pad = chunks * block - len(inside)
-        entry_of += [len(used)] * chunks
-        used.append(r)
+        spans.append((len(tokens) * block, len(inside)))
         pixels += [inside, inside.new_zeros(pad)]
         mix += [weights[r, inside], weights.new_zeros(pad)]
-    device = weights.device
-    return used, torch.tensor(entry_of, device=device), torch.cat(pixels), torch.cat(mix)
-
-
-def _couple_average(q, k, v, heads, regions, weights):
-    """sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r in one SDPA call.
-
-    Each region attends only the pixels where its weight is positive: those queries are packed into
-    entries of ``COUPLE_QUERY_BLOCK`` queries stacked along the batch axis, each entry with its region's
-    K/V (padded to the longest region with masked keys); the weighted outputs are scattered back with one
-    ``index_add_``. Same result as stacking every region over all N pixels, with less work.
-    """
-    batch, n_pixels, _ = q.shape
-    block = min(COUPLE_QUERY_BLOCK, n_pixels)
-    used, entry_of, pixels, mix = _couple_entries(weights, block)
-    index, valid = _region_stack(regions, used)
-    index, valid = index[entry_of], valid[entry_of]                       # per entry: [E, Lmax]
-    entries, longest = index.shape
-    qs = split_heads(q.index_select(1, pixels).reshape(batch * entries, block, q.shape[2]), heads)
-    ks = split_heads(k[:, index.flatten()].reshape(batch * entries, longest, k.shape[2]), heads)
-    vs = split_heads(v[:, index.flatten()].reshape(batch * entries, longest, v.shape[2]), heads)
-    mask = None
+        tokens += [group] * chunks
+    longest = max(len(t) for t in tokens)
+    token_index = torch.zeros(len(tokens), longest, dtype=torch.long, device=weights.device)
+    valid = torch.zeros(len(tokens), longest, dtype=torch.bool, device=weights.device)
+    for row, group in enumerate(tokens):
+        token_index[row, :len(group)] = group
+        valid[row, :len(group)] = True
+    key_bias = None
     if not bool(valid.all()):
-        pad = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
-        mask = pad.repeat(batch, 1)[:, None, None, :]                      # [B*E, 1, 1, Lmax]
-    out = merge_heads(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask))
-    out = out.view(batch, entries * block, -1).mul_(mix.to(out)[:, None])   # in place: no extra buffer
-    return out.new_zeros(batch, n_pixels, out.shape[2]).index_add_(1, pixels, out)
+        key_bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, float("-inf"))
+    return torch.cat(pixels), torch.cat(mix).to(dtype), token_index, key_bias, tuple(spans)
 
 
-def attention_couple(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                     token_regions: torch.Tensor, region_masks: torch.Tensor, *, mode: str = "average",
-                     strength: float = 1.0, region_weights=None,
-                     cond_rows: Sequence[int] | None = None) -> torch.Tensor:
-    """Attention couple on the ``cond_rows``: ``y_i = sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r``.
+def couple_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, context_len: int, *,
+                  mode: str = "average", strength: float = 1.0, region_weights=None,
+                  dtype: torch.dtype = torch.float32, block: int = COUPLE_QUERY_BLOCK) -> CoupleLayout:
+    """Validate and prepare attention couple: ``y_i = sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r``.
 
-    ``mode`` "average" uses ``couple_weights`` (soft masks allowed) and runs all regions in one SDPA call
-    with the regions stacked along the batch axis; "overlay" (the nearest region wins a pixel) is a single
-    masked SDPA over the concatenated context, pixel i attending only its owner region's tokens, which
-    is the same sum with one-hot weights. ``strength`` in [0, 1] blends with plain attention over the whole
-    context: ``(1 - strength) * plain + strength * couple`` (0 and 1 skip the unused term).
+    ``mode`` "average" uses ``couple_weights`` (soft masks and ``region_weights`` allowed); "overlay" gives
+    each pixel to its nearest region (bool masks). ``strength`` in [0, 1] blends with plain attention over
+    the whole context: ``(1 - strength) * plain + strength * couple``.
     """
-    strength = _check_strength(strength)
-    if strength > 1.0:
-        raise ValueError(f"attention couple strength must be between 0 and 1, got {strength}")
+    strength = _check_strength(strength, maximum=1.0)
     if mode not in COUPLE_MODES:
         raise ValueError(f"attention couple mode {mode!r} is not one of {', '.join(COUPLE_MODES)}")
+    n_pixels = region_masks.shape[-1]
+    regions = _check_regions(token_regions, region_masks, context_len, hard=(mode == "overlay"))
     if strength == 0.0:
-        return attention(q, k, v, heads)
-    region_masks = _on_device(region_masks, q)
-    regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=(mode == "overlay"))
+        return CoupleLayout(n_pixels, context_len, mode, strength)
     if mode == "overlay":
         owner = owner_regions(region_masks)
         if not bool(torch.isin(owner, regions).all()):
             raise ValueError("in overlay mode the nearest region of every pixel must have tokens")
-        bias = torch.zeros(owner.shape[0], regions.shape[0], device=q.device)
-        bias.masked_fill_(owner[:, None] != regions[None, :], float("-inf"))
-    else:
-        weights = couple_weights(region_masks, mode, region_weights)
-        orphan = weights[~torch.isin(torch.arange(weights.shape[0], device=weights.device), regions)]
-        if bool((orphan > 0).any()):
-            raise ValueError("a region with a positive mask has no tokens in the context")
+        owned = F.one_hot(owner, region_masks.shape[0]).bool()                      # [N, R]
+        return CoupleLayout(n_pixels, context_len, mode, strength,
+                            bias=_outside_bias(owned, regions, float("-inf"), dtype))
+    weights = couple_weights(region_masks, mode, region_weights)
+    block = min(block, n_pixels)
+    pixels, mix, token_index, key_bias, spans = _couple_entries(weights, regions, block, dtype)
+    return CoupleLayout(n_pixels, context_len, mode, strength, pixels=pixels, mix=mix, token_index=token_index,
+                        key_bias=key_bias, spans=spans, block=block)
+
+
+def _couple_average(q, k, v, heads, layout: CoupleLayout):
+    """Each region attends only the pixels where its weight is positive: those queries are packed into
+    entries of ``layout.block`` queries stacked along the batch axis, each entry with its region's K/V
+    (padded to the longest region with masked keys): one SDPA call. The weighted outputs are added back
+    region by region (``index_add_`` with distinct pixels per region, in a fixed order: deterministic on
+    CUDA too). Equal to stacking every region over all N pixels, with less work."""
+    batch, n_pixels, _ = q.shape
+    pixels, index = layout.pixels.to(q.device), layout.token_index.to(q.device)
+    entries, longest = index.shape
+    block = layout.block
+    qs = split_heads(q.index_select(1, pixels).reshape(batch * entries, block, q.shape[2]), heads)
+    ks = split_heads(k[:, index.flatten()].reshape(batch * entries, longest, k.shape[2]), heads)
+    vs = split_heads(v[:, index.flatten()].reshape(batch * entries, longest, v.shape[2]), heads)
+    mask = None
+    if layout.key_bias is not None:
+        mask = layout.key_bias.to(q.device, q.dtype).repeat(batch, 1)[:, None, None, :]   # [B*E, 1, 1, Lmax]
+    out = merge_heads(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask))
+    out = out.view(batch, entries * block, -1).mul_(layout.mix.to(out)[:, None])   # in place: no extra buffer
+    total = out.new_zeros(batch, n_pixels, out.shape[2])
+    for start, count in layout.spans:
+        total.index_add_(1, pixels[start:start + count], out[:, start:start + count])
+    return total
+
+
+def attention_couple(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, layout: CoupleLayout, *,
+                     cond_rows: Sequence[int] | None = None) -> torch.Tensor:
+    """Attention couple on the ``cond_rows`` (plain attention on the others).
+
+    average: all regions in one SDPA call (``_couple_average``). overlay: one masked SDPA over the
+    concatenated context, each pixel attending only its owner region's tokens (the same sum with one-hot
+    weights). Strength 0 and 1 skip the unused term of the blend with plain attention.
+    """
+    _check_call(q, k, layout.n_pixels, layout.context_len, "attention couple")
+    if layout.strength == 0.0:
+        return attention(q, k, v, heads)
 
     def regional(q_, k_, v_):
-        if mode == "overlay":
-            out = attention(q_, k_, v_, heads, mask=bias.to(q_.dtype))
+        if layout.mode == "overlay":
+            out = attention(q_, k_, v_, heads, mask=layout.bias.to(q_.device, q_.dtype))
         else:
-            out = _couple_average(q_, k_, v_, heads, regions, weights)
-        if strength < 1.0:
-            out = torch.lerp(attention(q_, k_, v_, heads), out, strength)
+            out = _couple_average(q_, k_, v_, heads, layout)
+        if layout.strength < 1.0:
+            out = torch.lerp(attention(q_, k_, v_, heads), out, layout.strength)
         return out
 
     return attention_by_rows(q, k, v, heads, cond_rows, regional)
 
 
 # ---------------------------------------------------------------------- (c) DenseDiffusion
+
+@dataclass(frozen=True)
+class DenseLayout:
+    """Prepared DenseDiffusion modulation: which (pixel, key) pairs are "allowed" and ``S_i``."""
+    allowed: torch.Tensor      # [N, L] bool
+    size_reg: torch.Tensor     # [N] S_i = 1 - size_weight * A_owner(i) / N
+
 
 def dense_size_regularizer(region_masks: torch.Tensor, size_weight: float = 1.0) -> torch.Tensor:
     """``S_i = 1 - size_weight * A_owner(i) / N`` (``[N]``), with owner(i) the nearest region holding pixel i.
@@ -389,18 +448,21 @@ def dense_size_regularizer(region_masks: torch.Tensor, size_weight: float = 1.0)
     return 1.0 - size_weight * areas[owner] / region_masks.shape[1]
 
 
-def dense_cross_layout(token_regions: torch.Tensor, region_masks: torch.Tensor,
-                       size_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-attention layout ``(allowed [N, L], S [N])``: pixel i is paired with token j iff it lies in
-    region r(j) (the global region's tokens pair with every pixel)."""
-    return allowed_tokens(token_regions, region_masks), dense_size_regularizer(region_masks, size_weight)
+def dense_cross_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, context_len: int, *,
+                       size_weight: float = 1.0) -> DenseLayout:
+    """Cross-attention: pixel i is paired with token j iff it lies in region r(j) (the global region's
+    tokens pair with every pixel)."""
+    regions = _check_regions(token_regions, region_masks, context_len, hard=True)
+    return DenseLayout(allowed_tokens(regions, region_masks), dense_size_regularizer(region_masks, size_weight))
 
 
-def dense_self_layout(region_masks: torch.Tensor, size_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Self-attention layout ``(allowed [N, N], S [N])``: pixels i and j are paired iff they have the same
-    nearest region (DenseDiffusion's same-segment rule on the partition of nearest regions)."""
+def dense_self_layout(region_masks: torch.Tensor, *, size_weight: float = 1.0) -> DenseLayout:
+    """Self-attention (``L == N``): pixels i and j are paired iff they have the same nearest region
+    (DenseDiffusion's same-segment rule on the partition of nearest regions)."""
+    if region_masks.dtype != torch.bool:
+        raise TypeError(f"DenseDiffusion needs hard (bool) region masks, got {region_masks.dtype}")
     owner = owner_regions(region_masks)
-    return owner[:, None] == owner[None, :], dense_size_regularizer(region_masks, size_weight)
+    return DenseLayout(owner[:, None] == owner[None, :], dense_size_regularizer(region_masks, size_weight))
 
 
 def dense_time_factor(timestep: float) -> float:
@@ -411,56 +473,27 @@ def dense_time_factor(timestep: float) -> float:
 
 
 def densediffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                             allowed: torch.Tensor, size_reg: torch.Tensor, timestep: float, *,
-                             weight: float = DENSE_CROSS_WEIGHT,
+                             layout: DenseLayout, timestep: float, *, weight: float = DENSE_CROSS_WEIGHT,
                              cond_rows: Sequence[int] | None = None) -> torch.Tensor:
     """DenseDiffusion attention modulation on the ``cond_rows`` (plain attention on the others).
 
     With ``s = QK^T / sqrt d`` per head and ``c_i = weight * lambda_t * S_i``:
-    ``s'_ij = s_ij + c_i (rowmax_i - s_ij)`` where ``allowed[i, j]``, else ``s_ij - c_i (s_ij - rowmin_i)``;
-    then softmax and V. ``weight`` is DenseDiffusion's w (1.0 cross-attention, 0.3 self-attention); a UI
-    strength multiplies it. Logits are explicit (float32 at least). ``allowed``/``size_reg`` come from
-    ``dense_cross_layout`` (tile the token map to the context first) or ``dense_self_layout``.
+    ``s'_ij = s_ij + c_i (rowmax_i - s_ij)`` where allowed, else ``s_ij - c_i (s_ij - rowmin_i)``; then
+    softmax and V. ``weight`` is DenseDiffusion's w (``DENSE_CROSS_WEIGHT`` 1.0 for cross-attention,
+    ``DENSE_SELF_WEIGHT`` 0.3 for self-attention); a UI strength multiplies it. The original applies it in
+    the early steps only (the caller's time window). Logits are explicit (float32 at least).
     """
-    n_pixels, context_len = q.shape[1], k.shape[1]
-    if tuple(allowed.shape) != (n_pixels, context_len):
-        raise ValueError(f"allowed must be [{n_pixels}, {context_len}] for this call, got {tuple(allowed.shape)}")
-    if tuple(size_reg.shape) != (n_pixels,):
-        raise ValueError(f"size_reg must be [{n_pixels}], got {tuple(size_reg.shape)}")
+    _check_call(q, k, layout.allowed.shape[0], layout.allowed.shape[1], "DenseDiffusion")
     factor = float(weight) * dense_time_factor(timestep)
-    allowed, size_reg = allowed.to(q.device), size_reg.to(q.device)
+    allowed = layout.allowed.to(q.device)
 
     def regional(q_, k_, v_):
         compute = torch.promote_types(q_.dtype, torch.float32)
         qh, kh, vh = (split_heads(x, heads).to(compute) for x in (q_, k_, v_))
         s = (qh @ kh.transpose(-1, -2)) * scale(qh.shape[-1])
-        c = (factor * size_reg.to(s))[:, None]
+        c = (factor * layout.size_reg.to(s))[:, None]
         rowmax, rowmin = s.amax(-1, keepdim=True), s.amin(-1, keepdim=True)
         s = torch.where(allowed, s + c * (rowmax - s), s - c * (s - rowmin))
         return merge_heads(s.softmax(-1) @ vh).to(q_.dtype)
 
     return attention_by_rows(q, k, v, heads, cond_rows, regional)
-
-
-def densediffusion_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                                   token_regions: torch.Tensor, region_masks: torch.Tensor, timestep: float,
-                                   *, weight: float = DENSE_CROSS_WEIGHT, size_weight: float = 1.0,
-                                   cond_rows: Sequence[int] | None = None) -> torch.Tensor:
-    """DenseDiffusion on cross-attention from the regional inputs (tiles the token map as needed)."""
-    region_masks = _on_device(region_masks, q)
-    regions = _check_layout(token_regions, region_masks, q.shape[1], k.shape[1], hard=True)
-    allowed, size_reg = dense_cross_layout(regions, region_masks, size_weight)
-    return densediffusion_attention(q, k, v, heads, allowed, size_reg, timestep, weight=weight,
-                                    cond_rows=cond_rows)
-
-
-def densediffusion_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                                  region_masks: torch.Tensor, timestep: float, *,
-                                  weight: float = DENSE_SELF_WEIGHT, size_weight: float = 1.0,
-                                  cond_rows: Sequence[int] | None = None) -> torch.Tensor:
-    """DenseDiffusion on self-attention (k/v from the image itself, ``L == N``)."""
-    if region_masks.dtype != torch.bool:
-        raise TypeError(f"DenseDiffusion needs hard (bool) region masks, got {region_masks.dtype}")
-    allowed, size_reg = dense_self_layout(_on_device(region_masks, q), size_weight)
-    return densediffusion_attention(q, k, v, heads, allowed, size_reg, timestep, weight=weight,
-                                    cond_rows=cond_rows)
