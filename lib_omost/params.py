@@ -134,7 +134,7 @@ class Feature:
         sweeping a parameter of a disabled feature would otherwise silently change nothing.
         """
         if len(args) > len(self.params) + 1:
-            raise ParamError(f"{self.title}: got {len(args)} arguments, expected at most {len(self.params) + 1} "
+            raise ParamError(f"got {len(args)} arguments, expected at most {len(self.params) + 1} "
                              f"({', '.join(self.arg_names)})")
         raw = self.defaults()
         raw.update(zip(self.arg_names, args))
@@ -149,7 +149,7 @@ class Feature:
             except ParamError as e:
                 errors.append(str(e))
         if errors:
-            raise ParamError(f"{self.title}: " + "; ".join(errors))
+            raise ParamError("; ".join(errors))
         return out
 
     # --- infotext -------------------------------------------------------------------------------

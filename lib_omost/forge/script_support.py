@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from lib_omost.forge.ui import install_script_ui, register_xyz_axes
 
-_xyz_features: list = []
-
 
 def register_xyz(feature) -> None:
-    """Add the feature's parameters to the X/Y/Z plot when the UI is built (before_ui fires once per UI)."""
+    """Add the feature's parameters to the X/Y/Z plot.
+
+    Right away when the plot script is already loaded (the WebUI loads its own scripts/ before extensions,
+    and in API-only mode the plot's UI is built before any before_ui callback runs), and again from
+    on_before_ui for a plot loaded later; labels already present are not added twice.
+    """
     from modules import script_callbacks
-    if feature not in _xyz_features:
-        _xyz_features.append(feature)
-        script_callbacks.on_before_ui(lambda: register_xyz_axes([feature]))
+    register_xyz_axes([feature])
+    script_callbacks.on_before_ui(lambda: register_xyz_axes([feature]))
 
 
 __all__ = ["install_script_ui", "register_xyz"]

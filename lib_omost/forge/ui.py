@@ -133,7 +133,6 @@ def register_xyz_axes(features: list[Feature]) -> bool:
     from modules import scripts
     xyz = find_xyz_module(scripts.scripts_data)
     if xyz is None:
-        log.info("X/Y/Z plot script not found; parameter axes not registered")
         return False
     existing = {option.label for option in xyz.axis_options}
     for feature in features:

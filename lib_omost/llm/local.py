@@ -282,6 +282,9 @@ class _QueueStreamer:
 
 
 _END = object()
+# Text events at most every 20 ms (50 per second is plenty for a UI): fewer wake-ups of the consumer thread,
+# so less competition with generate() for the GIL.
+STREAM_INTERVAL = 0.02
 
 
 def _stopping_criteria(flags: tuple[threading.Event, ...]):
@@ -290,9 +293,13 @@ def _stopping_criteria(flags: tuple[threading.Event, ...]):
     class EventStop(StoppingCriteria):
         """Stops generate() at the next step once any flag is set (the user's stop, or the consumer left)."""
 
+        answers: dict = {}  # (stop, batch, device) -> bool tensor; generate() never writes into it
+
         def __call__(self, input_ids, scores, **kwargs):
-            stop = any(flag.is_set() for flag in flags)
-            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+            key = (any(flag.is_set() for flag in flags), input_ids.shape[0], input_ids.device)
+            if key not in self.answers:
+                self.answers[key] = torch.full(key[1:2], key[0], dtype=torch.bool, device=key[2])
+            return self.answers[key]
 
     return StoppingCriteriaList([EventStop()])
 
@@ -354,12 +361,13 @@ class LocalBackend:
         sink: queue.SimpleQueue = queue.SimpleQueue()
         left = threading.Event()  # the consumer is gone or has all it needs
         kwargs.update(streamer=_QueueStreamer(sink), stopping_criteria=_stopping_criteria((stop, left)))
-        worker = threading.Thread(target=_generate, args=(loaded.model, kwargs, settings.seed, sink),
+        done = threading.Event()
+        worker = threading.Thread(target=_generate, args=(loaded.model, kwargs, settings.seed, sink, done),
                                   name="omost-llm-generate", daemon=True)
-        yield from _consume(loaded, settings, stop, left, sink, worker)
+        yield from _consume(loaded, settings, stop, left, sink, worker, done)
 
 
-def _generate(model, kwargs: dict, seed: int | None, sink: queue.SimpleQueue) -> None:
+def _generate(model, kwargs: dict, seed: int | None, sink: queue.SimpleQueue, done: threading.Event) -> None:
     try:
         # fork_rng: seeding must not disturb the random state the WebUI's own sampling uses
         devices = [model.device] if model.device.type == "cuda" else []
@@ -371,18 +379,23 @@ def _generate(model, kwargs: dict, seed: int | None, sink: queue.SimpleQueue) ->
         sink.put(exc)
     finally:
         sink.put(_END)
+        done.set()
 
 
 def _consume(loaded: LoadedModel, settings: GenerationSettings, stop: threading.Event, left: threading.Event,
-             sink: queue.SimpleQueue, worker: threading.Thread) -> Iterator[TextDelta | Finished]:
+             sink: queue.SimpleQueue, worker: threading.Thread,
+             done: threading.Event) -> Iterator[TextDelta | Finished]:
     eos = _eos_ids(loaded.model, loaded.tokenizer)
     decoder = IncrementalDecoder(loaded.tokenizer)
     count, reason = 0, None
     start = time.perf_counter()
     worker.start()
     try:
-        running = True
+        running, next_batch = True, start
         while running and reason is None:
+            wait = next_batch - time.perf_counter()
+            if wait > 0:
+                done.wait(wait)
             batch = [sink.get()]
             while True:  # take everything that is ready: one decode per batch, not per token
                 try:
@@ -413,6 +426,7 @@ def _consume(loaded: LoadedModel, settings: GenerationSettings, stop: threading.
                 yield TextDelta(text, count)
             if stop.is_set() and reason is None:
                 reason = "stopped"
+            next_batch = time.perf_counter() + STREAM_INTERVAL
         tail = decoder.flush()
         if tail:
             yield TextDelta(tail, count)

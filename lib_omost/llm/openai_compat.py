@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
+from json.decoder import scanstring as _scanstring  # the C string scanner json.loads uses
 from dataclasses import dataclass, field
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -118,7 +119,16 @@ class SSEDecoder:
     _event: str = ""
     line_number: int = 0
 
+    @property
+    def idle(self) -> bool:
+        """Between events: no partial line, data or event name pending."""
+        return not (self._rest or self._data or self._event)
+
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        head = single_event_head(chunk) if self.idle else None
+        if head is not None:  # fast path: the chunk is exactly one `data:` event (a server's token)
+            self.line_number += 2
+            return [("", chunk[head:-2].decode("utf-8", errors="replace"))]
         lines = (self._rest + chunk).split(b"\n")
         self._rest = lines.pop()
         events = []
@@ -162,6 +172,14 @@ class SSEDecoder:
         elif name not in (b"", b"id", b"retry"):  # b"" = a comment line
             raise SSEError(f"malformed server-sent event at line {self.line_number}: {_shown(raw)}")
         return None
+
+
+def single_event_head(chunk: bytes) -> int | None:
+    """For a chunk that is exactly one `data:` line and its blank line, the length of `data:` / `data: `
+    (where the value starts); else None."""
+    if chunk.startswith(b"data:") and chunk.endswith(b"\n\n") and chunk.find(b"\n") == len(chunk) - 2:
+        return 6 if chunk[5:6] == b" " else 5
+    return None
 
 
 def _shown(raw: bytes | str) -> str:
@@ -334,32 +352,114 @@ class OpenAIBackend:
                     return
 
 
+class ChunkTemplate:
+    """Skips the full JSON parse of token events that differ from a learned one only in the content string.
+
+    Servers repeat the same envelope (id, model, created, ...) around each token, one event per chunk. A
+    chunk that starts with the learned prefix, ends with the learned suffix and has exactly one JSON string
+    literal in between is, by the JSON grammar, the learned event with that content: only the literal is
+    decoded. A prefix/suffix split is learned only from a plain token event (one choice, no finish reason,
+    no usage, no error) and only after a probe proves that the literal there is `choices[0].delta.content`;
+    anything else is parsed in full.
+    """
+
+    _PROBE = "\x00omost-probe"
+
+    def __init__(self):
+        self.prefix: bytes | None = None  # `data: ` + the JSON up to and including the content's opening quote
+        self.suffix = b""  # the JSON after the content's closing quote + the blank line
+
+    def content(self, chunk: bytes) -> str | None:
+        """The content of `chunk` when it matches the learned template, else None."""
+        prefix, suffix = self.prefix, self.suffix
+        if (prefix is None or len(chunk) <= len(prefix) + len(suffix) or not chunk.startswith(prefix)
+                or not chunk.endswith(suffix)):
+            return None
+        body = chunk[len(prefix):len(chunk) - len(suffix)].decode("utf-8", errors="replace")
+        try:
+            value, end = _scanstring(body, 0)  # the literal's text after its opening quote
+        except ValueError:
+            return None
+        return value if end == len(body) else None
+
+    def learn(self, chunk: bytes, obj: dict) -> None:
+        """Learn from `chunk`, one whole event whose JSON parsed to `obj`."""
+        head = single_event_head(chunk)
+        choices = obj.get("choices")
+        if (head is None or self.content(chunk) is not None or not isinstance(choices, list) or len(choices) != 1
+                or not isinstance(choices[0], dict) or choices[0].get("finish_reason") is not None
+                or obj.get("usage") or obj.get("error") or not isinstance(choices[0].get("delta"), dict)
+                or not isinstance(choices[0]["delta"].get("content"), str)):
+            return
+        self.prefix = None
+        data = chunk[head:-2]
+        at = data.find(b'"content"')
+        while at >= 0:
+            i = at + len(b'"content"')
+            while i < len(data) and data[i] in b" \t\r\n:":
+                i += 1
+            if data[i:i + 1] == b'"':
+                end = _literal_end(data, i + 1)
+                if end is not None and self._proves(data[:i + 1], data[end:], obj):
+                    self.prefix, self.suffix = chunk[:head + i + 1], data[end:] + b"\n\n"
+                    return
+            at = data.find(b'"content"', at + 1)
+
+    def _proves(self, before: bytes, after: bytes, obj: dict) -> bool:
+        try:
+            probed = json.loads(before + json.dumps(self._PROBE)[1:].encode() + after)
+        except ValueError:
+            return False
+        expected = json.loads(json.dumps(obj))
+        expected["choices"][0]["delta"]["content"] = self._PROBE
+        return probed == expected
+
+
+def _literal_end(data: bytes, start: int) -> int | None:
+    """The byte index after the closing quote of the JSON string literal whose text begins at `start`."""
+    try:
+        text = data[start:].decode("utf-8")
+        _, end = _scanstring(text, 0)
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        return None
+    return start + len(text[:end].encode("utf-8"))
+
+
 def _read_stream(response, stop: threading.Event, state: _StreamState, start: float,
                  key: Secret | None) -> Iterator[TextDelta | Finished]:
     if response.headers.get("content-type", "").startswith("application/json"):
         yield from _whole_answer(response.read(), state, start, key)  # a server that ignored "stream"
         return
-    decoder = SSEDecoder()
+    decoder, template = SSEDecoder(), ChunkTemplate()
     finish, usage, done = None, None, False
     chunks = response.iter_bytes()
     while not done:
         chunk = next(chunks, None)
-        try:
-            events = decoder.close() if chunk is None else decoder.feed(chunk)
-        except SSEError as exc:
-            raise LLMError(str(exc)) from exc
-        for name, data in events:
-            if data == "[DONE]":
-                done = True
-                break
-            obj = _event_json(name, data, key)
-            for choice in obj.get("choices") or ():
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    state.tokens += 1
-                    yield TextDelta(content, state.tokens)
-                finish = choice.get("finish_reason") or finish
-            usage = obj.get("usage") or usage
+        content = template.content(chunk) if chunk is not None and decoder.idle else None
+        if content is not None:  # a token event like the last ones: no full parse needed
+            decoder.line_number += 2
+            if content:
+                state.tokens += 1
+                yield TextDelta(content, state.tokens)
+        else:
+            try:
+                events = decoder.close() if chunk is None else decoder.feed(chunk)
+            except SSEError as exc:
+                raise LLMError(str(exc)) from exc
+            for name, data in events:
+                if data == "[DONE]":
+                    done = True
+                    break
+                obj = _event_json(name, data, key)
+                if chunk is not None and len(events) == 1 and not name:
+                    template.learn(chunk, obj)
+                for choice in obj.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        state.tokens += 1
+                        yield TextDelta(content, state.tokens)
+                    finish = choice.get("finish_reason") or finish
+                usage = obj.get("usage") or usage
         if stop.is_set() and not done:
             yield Finished("stopped", "", state.tokens, time.perf_counter() - start)
             return
