@@ -110,6 +110,9 @@ class ToyTextEncoder(nn.Module):
         self.mix = nn.ParameterList([nn.Parameter(torch.randn(width, width, generator=generator) / width ** 0.5)
                                      for _ in range(2)])
         self.final_layer_norm = nn.LayerNorm(width)
+        with torch.no_grad():   # a non-zero mean, as real CLIP states have (emphasis rescales by the mean)
+            self.final_layer_norm.weight.copy_(1.0 + 0.1 * torch.randn(width, generator=generator))
+            self.final_layer_norm.bias.copy_(0.5 + 0.1 * torch.randn(width, generator=generator))
         self.text_projection = (nn.Parameter(torch.randn(width, projection_dim, generator=generator) / width ** 0.5)
                                 if projection_dim else None)
         self.eos_token_id = vocab_size - 1
