@@ -244,6 +244,7 @@ def test_couple_equal_length_regions_need_no_padding():
     counts = [3, 3, 3, 3]
     q, k, v = tensors(length=12, seed=7)
     masks, regions = rect_masks(), token_map(counts)
+    assert couple_layout(regions, masks, 12).key_bias is None
     out = couple(q, k, v, regions, masks)
     assert close(out, couple_formula(q, k, v, regions, masks, "average"), atol=1e-10)
 
