@@ -397,3 +397,86 @@ def test_cli_errors(server, capsys, monkeypatch):
     assert "go with --endpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["x"])
+
+
+# ---- the envelope template: same results as parsing every event in full ------------------------------
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from lib_omost.llm.openai_compat import ChunkTemplate, _read_stream, _StreamState  # noqa: E402
+
+
+class _Response:
+    headers = {"content-type": "text/event-stream"}
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def iter_bytes(self):
+        return iter(self.chunks)
+
+
+def _full_parse(chunks):
+    """The reference: every event's JSON parsed in full."""
+    text, finish = [], None
+    for line in b"".join(chunks).split(b"\n"):
+        if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+            obj = json.loads(line[5:])
+            for choice in obj.get("choices") or ():
+                text.append((choice.get("delta") or {}).get("content") or "")
+                finish = choice.get("finish_reason") or finish
+    return "".join(text), finish
+
+
+contents = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12) | st.sampled_from(
+    ['"content": "x"', '\\"', "\\u00e9", 'a"b', "content", "\n", "é😀", ""])
+
+
+@st.composite
+def envelopes(draw):
+    """A server's chunk layout: key order, spacing, extra fields (some holding "content")."""
+    extra = draw(st.sampled_from([{}, {"logprobs": {"content": [{"token": "a"}]}}, {"system_fingerprint": "fp"},
+                                  {"content": "not the delta"}]))
+    order = draw(st.permutations(["id", "object", "created", "model", "choices"]))
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    ascii_only = draw(st.booleans())
+    space = draw(st.sampled_from([b"data: ", b"data:"]))
+    role_first = draw(st.booleans())
+    choice_order = draw(st.permutations(["index", "delta", "finish_reason"] + list(extra)))
+
+    def event(content, finish=None):
+        choice = {"index": 0, "delta": ({"role": "assistant"} if role_first else {}) | {"content": content},
+                  **extra, "finish_reason": finish}
+        choice = {k: choice[k] for k in choice_order}
+        body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+        body = {k: body[k] for k in order}
+        return space + json.dumps(body, separators=separators, ensure_ascii=ascii_only).encode() + b"\n\n"
+    return event
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(envelopes(), st.lists(contents, min_size=1, max_size=12), st.booleans())
+def test_template_reading_equals_full_parsing(event, texts, split):
+    chunks = [event(t) for t in texts] + [event("", finish="stop"), b"data: [DONE]\n\n"]
+    if split:  # a chunk boundary inside an event must not confuse the template
+        joined = b"".join(chunks)
+        chunks = [joined[i:i + 37] for i in range(0, len(joined), 37)]
+    events = list(_read_stream(_Response(chunks), threading.Event(), _StreamState(), 0.0, None))
+    text, finish = _full_parse(chunks)
+    assert "".join(e.text for e in events[:-1]) == text == "".join(texts)
+    assert events[-1].reason == finish == "stop"
+
+
+def test_template_is_learned_and_used_only_for_plain_token_events():
+    template = ChunkTemplate()
+    first = chunk("hello")
+    template.learn(first, json.loads(first[6:]))
+    assert template.prefix is not None
+    assert template.content(chunk('a "quoted" \\ piece')) == 'a "quoted" \\ piece'
+    assert template.content(chunk("x", finish="length")) is None  # different envelope
+    assert template.content(chunk("x") + chunk("y")) is None  # two events in one chunk
+    assert template.content(b'data: {"error": {"message": "boom"}}\n\n') is None
+    stopping = ChunkTemplate()
+    last = chunk("bye", finish="stop")
+    stopping.learn(last, json.loads(last[6:]))
+    assert stopping.prefix is None  # never learned from an event that carries more than a token

@@ -371,11 +371,10 @@ class ChunkTemplate:
 
     def content(self, chunk: bytes) -> str | None:
         """The content of `chunk` when it matches the learned template, else None."""
-        prefix, suffix = self.prefix, self.suffix
-        if (prefix is None or len(chunk) <= len(prefix) + len(suffix) or not chunk.startswith(prefix)
-                or not chunk.endswith(suffix)):
+        if (self.prefix is None or len(chunk) <= self._shortest or not chunk.startswith(self.prefix)
+                or not chunk.endswith(self.suffix)):
             return None
-        body = chunk[len(prefix):len(chunk) - len(suffix)].decode("utf-8", errors="replace")
+        body = chunk[self._start:self._stop].decode("utf-8", errors="replace")
         try:
             value, end = _scanstring(body, 0)  # the literal's text after its opening quote
         except ValueError:
@@ -402,6 +401,8 @@ class ChunkTemplate:
                 end = _literal_end(data, i + 1)
                 if end is not None and self._proves(data[:i + 1], data[end:], obj):
                     self.prefix, self.suffix = chunk[:head + i + 1], data[end:] + b"\n\n"
+                    self._start, self._stop = len(self.prefix), -len(self.suffix)  # suffix >= 2 bytes
+                    self._shortest = len(self.prefix) + len(self.suffix)
                     return
             at = data.find(b'"content"', at + 1)
 
