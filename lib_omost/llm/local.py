@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -80,6 +80,8 @@ class LoadedModel:
     model: object
     tokenizer: object
     quantization: str | None
+    # one generate() at a time on a model; offload waits for it (stop the chat first to free VRAM at once)
+    busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -180,12 +182,17 @@ def load_model(spec: LocalModelSpec) -> LoadedModel:
     global _cached
     with _cache_lock:
         if _cached is not None and _cached.spec == spec:
-            if _cached.quantization is None and _cached.model.device != spec.resolved_device():
-                _cached.model.to(spec.resolved_device())  # back from offload_model()
+            if _cached.quantization is None and not _same_device(_cached.model.device, spec.resolved_device()):
+                with _cached.busy:
+                    _cached.model.to(spec.resolved_device())  # back from offload_model()
             return _cached
         _unload_locked()
         _cached = _load(spec)
         return _cached
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
 def cached_model() -> LoadedModel | None:
@@ -221,7 +228,8 @@ def offload_model() -> bool:
             return False
         if _cached.quantization is not None:
             return _unload_locked()
-        _cached.model.to("cpu")
+        with _cached.busy:
+            _cached.model.to("cpu")
         _free_memory()
         return True
 
@@ -362,16 +370,18 @@ class LocalBackend:
         left = threading.Event()  # the consumer is gone or has all it needs
         kwargs.update(streamer=_QueueStreamer(sink), stopping_criteria=_stopping_criteria((stop, left)))
         done = threading.Event()
-        worker = threading.Thread(target=_generate, args=(loaded.model, kwargs, settings.seed, sink, done),
+        worker = threading.Thread(target=_generate, args=(loaded, kwargs, settings.seed, sink, done),
                                   name="omost-llm-generate", daemon=True)
         yield from _consume(loaded, settings, stop, left, sink, worker, done)
 
 
-def _generate(model, kwargs: dict, seed: int | None, sink: queue.SimpleQueue, done: threading.Event) -> None:
+def _generate(loaded: LoadedModel, kwargs: dict, seed: int | None, sink: queue.SimpleQueue,
+              done: threading.Event) -> None:
+    model = loaded.model
     try:
         # fork_rng: seeding must not disturb the random state the WebUI's own sampling uses
         devices = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        with loaded.busy, torch.random.fork_rng(devices=devices), torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
             model.generate(**kwargs)
