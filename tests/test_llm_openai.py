@@ -268,6 +268,10 @@ def test_api_key_never_in_repr_logs_or_messages(server, caplog):
                   OpenAIBackend(config).describe()):
         assert KEY not in shown
     assert "***" in repr(config)
+    import dataclasses
+    assert KEY not in repr(dataclasses.asdict(config))
+    with pytest.raises(TypeError):  # cannot slip into JSON (infotext) by accident
+        json.dumps(dataclasses.asdict(config))
     server.script = lambda h, body: h.json_reply(
         401, {"error": {"message": f"key {h.headers['Authorization'][7:]} is not valid"}})
     caplog.set_level(logging.DEBUG)
