@@ -189,10 +189,8 @@ def test_transformer_and_extra_options_keys_per_flavour(flavour):
     unet = harness.make_sd_model("sd15").forge_objects.unet.clone()
     seen = []
     unet.set_model_attn1_patch(lambda n, c, v, extra_options: (seen.append(dict(extra_options)) or (n, c, v)))
-    webui = harness.start_webui([])
-    from modules import shared
-    shared.sd_model.forge_objects_after_applying_lora.unet = unet      # as a LoRA would leave it
-    webui.txt2img(prompt="a cat", negative_prompt="", batch_size=2, cfg_scale=5, steps=1)
+    harness.load_model("sd15").forge_objects_after_applying_lora.unet = unet      # as a LoRA would leave it
+    harness.plain_txt2img(prompt="a cat", negative_prompt="", batch_size=2, cfg_scale=5, steps=1)
     keys = set(seen[0])
     common = {"cond_or_uncond", "sigmas", "original_shape", "transformer_index", "block", "block_index", "n_heads",
               "dim_head"}
@@ -255,9 +253,9 @@ def test_clone_deep_copies_model_options_but_not_closures(flavour):
 # --- batching ----------------------------------------------------------------------------------------------
 
 def generation_calls(prompt, negative, **kwargs):
-    webui = harness.start_webui([])
+    harness.load_model("sd15")
     with harness.record_unet_calls() as calls:
-        result = webui.txt2img(prompt=prompt, negative_prompt=negative, steps=1, **kwargs)
+        result = harness.plain_txt2img(prompt=prompt, negative_prompt=negative, steps=1, **kwargs)
     return calls, result
 
 

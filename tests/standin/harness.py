@@ -16,6 +16,7 @@ FAMILIES = ("sd15", "sd2", "sdxl")
 _PURGED_PREFIXES = ("modules", "backend", "ldm_patched", "modules_forge", "launch", "standin_core",
                     "standin_flavour", "lib_omost.forge")
 _active: list[str] = []
+_weight_cache: dict = {}
 
 
 def _purgeable(name: str) -> bool:
@@ -48,6 +49,8 @@ def use_flavour(name: str):
     if lib_omost is not None and hasattr(lib_omost, "forge"):
         delattr(lib_omost, "forge")
     sys.path[:0] = [COMMON_DIR, os.path.join(HERE, name)]
+    import standin_core.models
+    standin_core.models.weight_cache = _weight_cache       # tensors only: safe to share across flavours
     _active.append(name)
     saved_cache = dict(_model_cache)
     _model_cache.clear()
@@ -246,6 +249,19 @@ class WebUI:
         script_args[0] = index + 1
         p = self.make_p(tab, script_args, **kwargs)
         return runner.run(p, *p.script_args)
+
+
+def plain_txt2img(family: str | None = None, **kwargs):
+    """process_images with no script runner at all (p.scripts is None): the bare pipeline, no UI built.
+
+    Loads a ``family`` model first when given (else uses the loaded one, loading sd15 if none).
+    """
+    from modules import processing, shared
+    if family is not None or shared.sd_model is None:
+        load_model(family or "sd15")
+    for key, value in dict(sampler_name="Euler", steps=2, width=64, height=64, seed=1).items():
+        kwargs.setdefault(key, value)
+    return processing.process_images(processing.StableDiffusionProcessingTxt2Img(**kwargs))
 
 
 def _create_ui():

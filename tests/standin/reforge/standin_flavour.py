@@ -19,7 +19,7 @@ from modules_forge import forge_sampler
 from modules_forge.forge_loader import ForgeSD
 from modules_forge.unet_patcher import UnetPatcher
 from standin_core import models
-from standin_core.unet import seeded_init_
+from ldm_patched.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 NAME = "reforge"
 GRADIO_MAJOR = 3             # the real reForge pins gradio 3.41.2; the stand-in still runs on gradio 4.40
@@ -38,8 +38,8 @@ class StandinSdModel(torch.nn.Module):
         if family not in models.FAMILIES:
             raise ValueError(f"reForge stand-in models: {models.FAMILIES}; got {family!r}")
         self.family = family
-        base = BaseModel(ModelConfig(models.unet_config(family)))
-        seeded_init_(base.diffusion_model, seed).eval().requires_grad_(False)
+        base = BaseModel(ModelConfig(models.unet_config(family)),
+                         unet_model=lambda **config: models.build_unet(UNetModel, family, seed))
         unet = UnetPatcher(base)
         self.engines = models.text_engines(family, seed)
         self.cond_stage_model = next(iter(self.engines.values())) if family != "sdxl" else None

@@ -24,8 +24,22 @@ def unet_config(family):
     return copy.deepcopy(UNET_CONFIGS[family])
 
 
+# {(family, seed): state_dict}; the harness swaps in a dict that outlives flavour switches. Both flavours
+# build the same parameter names in the same order, so one seed gives both flavours the same weights.
+weight_cache = {}
+
+
 def build_unet(unet_class, family, seed):
-    return seeded_init_(unet_class(**unet_config(family)), seed).eval().requires_grad_(False)
+    with torch.device("meta"):          # skip torch's default init: every weight is set below
+        model = unet_class(**unet_config(family))
+    model = model.to_empty(device="cpu")
+    key = (family, seed)
+    if key in weight_cache:
+        model.load_state_dict(weight_cache[key])
+    else:
+        seeded_init_(model, seed)
+        weight_cache[key] = {k: v.clone() for k, v in model.state_dict().items()}
+    return model.eval().requires_grad_(False)
 
 
 class ToyClipPart:
