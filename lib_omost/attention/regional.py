@@ -389,7 +389,8 @@ def _couple_average(q, k, v, heads, layout: CoupleLayout):
     pixels, index = layout.pixels.to(q.device), layout.token_index.to(q.device)
     entries, longest = index.shape
     block = layout.block
-    qs = split_heads(q.index_select(1, pixels).reshape(batch * entries, block, q.shape[2]), heads)
+    # advanced indexing, not index_select: PyTorch's CPU index_select along dim 1 runs on one thread
+    qs = split_heads(q[:, pixels].reshape(batch * entries, block, q.shape[2]), heads)
     ks = split_heads(k[:, index.flatten()].reshape(batch * entries, longest, k.shape[2]), heads)
     vs = split_heads(v[:, index.flatten()].reshape(batch * entries, longest, v.shape[2]), heads)
     mask = None
