@@ -24,9 +24,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib_omost.attention.core import attention  # noqa: E402
-from lib_omost.attention.refdrop import (  # noqa: E402
-    COND, ReferenceStore, attn1_layers, load_reference, reference_bytes, refdrop_attention, save_reference)
+from lib_omost.attention.core import attention
+from lib_omost.attention.refdrop import (
+    COND,
+    ReferenceStore,
+    attn1_layers,
+    load_reference,
+    refdrop_attention,
+    reference_bytes,
+    save_reference,
+)
 
 GIB = 1024 ** 3
 

@@ -21,10 +21,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib_omost.attention.core import attention  # noqa: E402
-from lib_omost.attention.regional import (  # noqa: E402
-    attention_couple, couple_layout, dense_cross_layout, densediffusion_attention, masks_at_layer,
-    omost_attention, omost_attention_explicit, omost_layout)
+from lib_omost.attention.core import attention
+from lib_omost.attention.regional import (
+    attention_couple,
+    couple_layout,
+    dense_cross_layout,
+    densediffusion_attention,
+    masks_at_layer,
+    omost_attention,
+    omost_attention_explicit,
+    omost_layout,
+)
 
 HW = (64, 64)
 HEADS, DIM = 10, 64
@@ -80,7 +87,7 @@ def main():
         "couple": lambda: attention_couple(q, k, v, HEADS, couple),
         "overlay": lambda: attention_couple(q, k, v, HEADS, overlay),
     }
-    dense_call = lambda: densediffusion_attention(q, k, v, HEADS, dense, 900.0)  # noqa: E731
+    dense_call = lambda: densediffusion_attention(q, k, v, HEADS, dense, 900.0)
     with torch.inference_mode():
         for fn in cases.values():          # warm-up
             fn()

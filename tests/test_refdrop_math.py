@@ -1,6 +1,7 @@
 """RefDrop math, step counting, reference store and reference files (pure torch)."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -8,9 +9,23 @@ import torch
 from lib_omost.attention.core import attention
 from lib_omost.attention.plan import LayerKey
 from lib_omost.attention.refdrop import (
-    COND, UNCOND, MissingReferenceError, ReferenceBudgetError, ReferenceMismatchError, ReferenceStore,
-    attn1_layers, broadcast_reference, check_reference_family, layer_label, load_reference,
-    read_reference_info, reference_bytes, refdrop_attention, save_reference, step_index)
+    COND,
+    UNCOND,
+    MissingReferenceError,
+    ReferenceBudgetError,
+    ReferenceMismatchError,
+    ReferenceStore,
+    attn1_layers,
+    broadcast_reference,
+    check_reference_family,
+    layer_label,
+    load_reference,
+    read_reference_info,
+    refdrop_attention,
+    reference_bytes,
+    save_reference,
+    step_index,
+)
 
 HEADS, DIM = 2, 4
 C = HEADS * DIM
@@ -126,7 +141,7 @@ def test_step_index_tolerates_float32_rounding():
 
 def test_midpoint_calls_map_to_their_step_and_heun_correctors_to_the_next():
     # DPM2 / DPM++ 2S evaluate strictly between sigma_i and sigma_i+1: same step
-    assert [step_index(SIGMAS, math.sqrt(a * b)) for a, b in zip(SIGMAS[:3], SIGMAS[1:4])] == [0, 1, 2]
+    assert [step_index(SIGMAS, math.sqrt(a * b)) for a, b in pairwise(SIGMAS[:4])] == [0, 1, 2]
     # Heun's corrector of step i runs at sigma_i+1: it belongs to step i+1 (the noise level it sees)
     assert step_index(SIGMAS, SIGMAS[2]) == 2
     # a call at or below the last step's sigma is the last step

@@ -7,9 +7,22 @@ import torch
 
 from lib_omost.attention.core import attention
 from lib_omost.attention.regional import (
-    allowed_tokens, attention_by_rows, attention_couple, couple_layout, couple_weights, dense_cross_layout,
-    dense_self_layout, densediffusion_attention, masks_at_layer, omost_attention, omost_attention_explicit,
-    omost_layout, owner_regions, tile_token_regions, DENSE_SELF_WEIGHT)
+    DENSE_SELF_WEIGHT,
+    allowed_tokens,
+    attention_by_rows,
+    attention_couple,
+    couple_layout,
+    couple_weights,
+    dense_cross_layout,
+    dense_self_layout,
+    densediffusion_attention,
+    masks_at_layer,
+    omost_attention,
+    omost_attention_explicit,
+    omost_layout,
+    owner_regions,
+    tile_token_regions,
+)
 
 H, W = 5, 7                       # odd layer grid
 N = H * W
@@ -31,7 +44,8 @@ def token_map(counts=TOKENS):
     return torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(counts)])
 
 
-def tensors(batch=1, length=sum(TOKENS), seed=0, n=N):
+def tensors(batch=1, length=None, seed=0, n=N):
+    length = sum(TOKENS) if length is None else length
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, n, C, generator=g, dtype=torch.float64)
     k = torch.randn(batch, length, C, generator=g, dtype=torch.float64)

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from itertools import pairwise
 
 import torch
 
@@ -131,7 +132,7 @@ def step_index(sigmas: Sequence[float] | torch.Tensor, sigma: float, rtol: float
     values = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if len(values) < 2:
         raise ValueError("a sigma schedule needs at least two values (steps + 1)")
-    if any(a < b for a, b in zip(values, values[1:])):
+    if any(a < b for a, b in pairwise(values)):
         raise ValueError("the sigma schedule must be descending")
     sigma = float(sigma)
     steps = len(values) - 1
@@ -261,7 +262,7 @@ class ReferenceStore:
                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference K/V for a whole call: ``[1, L, C]`` when every row uses the same entry (broadcast),
         else ``[batch, L, C]`` with each row's branch entry. Rows in neither list use the cond entry."""
-        uncond = set(int(r) for r in uncond_rows)
+        uncond = {int(r) for r in uncond_rows}
         ref_c = self.reference(step, layer, COND) if len(uncond) < batch else None
         ref_u = self.reference(step, layer, UNCOND) if uncond else None
         if ref_c is None or ref_u is None or ref_u is ref_c:
