@@ -221,6 +221,17 @@ def test_block_modifiers_run_only_in_forge(flavour):
         assert (("input", 3), 0, "before") in inner and (("middle", 0), 2, "after") in inner
     else:
         assert outer == [] and inner == []
+        # reForge's own hook for non-timestep layers: (layer class, handler) under forward_timestep_embed_patch
+        from standin_core.unet import Downsample
+        handled = []
+
+        def handler(layer, x, emb, context, to, output_shape, *rest):
+            handled.append(to["block"])
+            return layer(x)
+
+        unet.set_model_forward_timestep_embed_patch((Downsample, handler))
+        run_unet(unet, x, torch.tensor([1.0]), unet_inputs(model, ["a"], x))
+        assert handled == [("input", 3), ("input", 6), ("input", 9)]
 
 
 def test_clone_deep_copies_model_options_but_not_closures(flavour):
@@ -402,17 +413,10 @@ def test_send_to_carries_only_string_keyed_fields(flavour):
 def test_xyz_cells_apply_on_shallow_copies(flavour, probe_dir):
     webui = harness.start_webui([probe_dir])
     xyz = webui.runner().selectable_scripts[0]
-    labels = [o.label for o in xyz.current_axis_options]
-    axis = labels.index("[Probe] Strength")
-    args = webui.ui_defaults()
+    axis = [o.label for o in xyz.current_axis_options].index("[Probe] Strength")
+    xyz_args = [axis, "2, 5", None, 0, "", None, 0, "", None, True, False, False, False, False, False, False, 0, False]
+    p, grid = webui.run_selectable("X/Y/Z plot", xyz_args, overrides={"Standin Probe": [True]}, prompt="a cat")
     probe = webui.script("Standin Probe")
-    args[probe.args_from] = True
-    index = webui.runner().selectable_scripts.index(xyz) + 1
-    args[0] = index
-    args[xyz.args_from:xyz.args_to] = [axis, "2, 5", None, 0, "", None, 0, "", None, True, False, False, False,
-                                       False, False, False, 0, False]
-    p = webui.make_p(script_args=args, prompt="a cat")
-    grid = webui.runner().run(p, *p.script_args)
     assert grid.xs == [2, 5]
     assert [c["strength"] for c in probe.calls] == [2, 5]
     assert not hasattr(p, "probe_strength_override")               # apply() got copies

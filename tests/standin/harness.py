@@ -239,16 +239,19 @@ class WebUI:
         from modules import infotext_utils
         return infotext_utils.paste_infotext(infotext, infotext_utils.paste_fields[tab]["fields"])
 
-    def run_selectable(self, title: str, args: Sequence, tab: str = "txt2img", **kwargs):
-        """Run a selectable script (e.g. "X/Y/Z plot") with its own args, other scripts at UI defaults."""
+    def run_selectable(self, title: str, args: Sequence, tab: str = "txt2img", overrides=None, **kwargs):
+        """Run a selectable script (e.g. "X/Y/Z plot") the way the UI does: ScriptRunner.run(p, *script_args).
+
+        ``overrides`` sets alwayson scripts' args by title (others keep UI defaults). Returns (p, result).
+        """
         runner = self.runner(tab)
         index = [s.title().lower() for s in runner.selectable_scripts].index(title.lower())
         script = runner.selectable_scripts[index]
-        script_args = self.ui_defaults(tab)
+        script_args = self.script_args(overrides, tab)
         script_args[script.args_from:script.args_to] = list(args)
         script_args[0] = index + 1
         p = self.make_p(tab, script_args, **kwargs)
-        return runner.run(p, *p.script_args)
+        return p, runner.run(p, *p.script_args)
 
 
 def plain_txt2img(family: str | None = None, **kwargs):

@@ -101,6 +101,11 @@ class Options:
         if key not in self.data and not info.do_not_save:
             self.data[key] = info.default
 
+    def onchange(self, key, func, call=True):
+        self.data_labels[key].onchange = func
+        if call:
+            func()
+
     def cast_value(self, key, value):
         default = self.get_default(key)
         if value is None or default is None:
