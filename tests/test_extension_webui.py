@@ -11,7 +11,7 @@ from tests.standin import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAVOURS = harness.FLAVOURS
-TITLES = ("RefDrop", "Slothful / Near-sighted attention", "HiDiffusion")
+TITLES = ("Omost", "RefDrop", "Slothful / Near-sighted attention", "HiDiffusion")
 
 
 @pytest.fixture(params=FLAVOURS)

@@ -16,7 +16,7 @@ def layer_index_help() -> str:
             + "\n\n".join(tables))
 
 
-def build_refdrop_ui(make) -> None:
+def build_refdrop_ui(make, is_img2img: bool) -> None:
     import gradio as gr
     make("mode")
     make("coefficient")

@@ -25,33 +25,33 @@ def elem_id(feature: Feature, name: str, is_img2img: bool) -> str:
     return f"omost_{tab}_{feature.key}_{name}"
 
 
-def component(param: Param, elem: str):
-    """One gradio input for a parameter, with its default, range or choices."""
+def component(param: Param, elem_id: str, **extra):
+    """One gradio input for a parameter, with its default, range or choices (``extra`` overrides kwargs)."""
     import gradio as gr
-    common = dict(label=param.label, value=param.default, elem_id=elem)
+    common = dict(label=param.label, value=param.default, elem_id=elem_id)
     if param.help:
         common["info"] = param.help
     if param.kind == BOOL:
-        return gr.Checkbox(**common)
+        return gr.Checkbox(**common, **extra)
     if param.kind in (INT, FLOAT):
         step = param.step if param.step is not None else (1 if param.kind == INT else 0.01)
-        return gr.Slider(minimum=param.minimum, maximum=param.maximum, step=step, **common)
+        return gr.Slider(minimum=param.minimum, maximum=param.maximum, step=step, **{**common, **extra})
     if param.kind == CHOICE:
-        return gr.Dropdown(choices=list(param.choices), **common)
-    return gr.Textbox(lines=6 if param.kind == JSON else 1, **common)
+        return gr.Dropdown(choices=list(param.choices), **{**common, **extra})
+    return gr.Textbox(**{"lines": 6 if param.kind == JSON else 1, **common, **extra})
 
 
 def feature_components(feature: Feature, is_img2img: bool, build: Callable | None = None) -> tuple[Any, dict]:
     """The accordion (enable flag) and {param name: component}.
 
-    ``build(make)`` may arrange the components itself (rows, extra buttons); it must call
-    ``make(name)`` once per parameter. Without it the components are stacked in declaration order.
+    ``build(make, is_img2img)`` may arrange the components itself (rows, extra buttons); it must call
+    ``make(name, **gradio_kwargs)`` once per parameter. Without it the components are stacked in declaration order.
     """
     from modules.ui_components import InputAccordion
     made: dict[str, Any] = {}
 
-    def make(name: str):
-        made[name] = component(feature.by_name[name], elem_id(feature, name, is_img2img))
+    def make(name: str, **extra):
+        made[name] = component(feature.by_name[name], **{"elem_id": elem_id(feature, name, is_img2img), **extra})
         return made[name]
 
     with InputAccordion(False, label=feature.title, elem_id=elem_id(feature, "enabled", is_img2img)) as enabled:
@@ -59,7 +59,7 @@ def feature_components(feature: Feature, is_img2img: bool, build: Callable | Non
             for param in feature.params:
                 make(param.name)
         else:
-            build(make)
+            build(make, is_img2img)
     missing = [p.name for p in feature.params if p.name not in made]
     if missing:
         raise RuntimeError(f"{feature.title}: UI built without components for {missing}")

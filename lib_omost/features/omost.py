@@ -1,0 +1,170 @@
+"""Omost in a generation: the accordion's parameters, the regional prompt chunks, the context swap and the
+regional cross-attention stage.
+
+A canvas becomes one long conditioning: every region's greedy sub-prompt chunks (global first, then far to
+near), each encoded as one 77-token CLIP chunk and concatenated, with a token -> region map. For every UNet
+call the rows of positive-prompt chunks get this context in place of the prompt box's (``swap_context``;
+uncond rows keep the negative prompt; both are repeated to a common multiple of their lengths, which leaves
+attention unchanged). The attn2 stage then restricts each pixel to its regions' tokens with the chosen
+method until ``end percent`` of sampling; after that the whole canvas text is plain cross-attention.
+
+The prompt box: with "append to global" its text is added to the global region as its last sub-prompt
+(so it reaches every pixel); "ignore" leaves it out (stated in the infotext).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from lib_omost.attention.plan import ATTN2, AttnCall
+from lib_omost.attention.regional import (attention_couple, couple_layout, dense_cross_layout,
+                                          densediffusion_attention, omost_attention, omost_layout)
+from lib_omost.canvas import Canvas, canvas_to_json, example_canvas, ordered_regions, region_masks
+from lib_omost.model_info import ModelInfo
+from lib_omost.params import BOOL, CHOICE, FLOAT, JSON, Feature, Param
+from lib_omost.prompts import RegionPrompt, canvas_prompts, normalize_prompt, region_chunks
+
+OMOST, COUPLE, OVERLAY, DENSE = ("Omost score manipulation", "Attention couple", "Attention couple (overlay)",
+                                 "DenseDiffusion")
+METHODS = (OMOST, COUPLE, OVERLAY, DENSE)
+APPEND, IGNORE = "append to global region", "ignore"
+
+FEATURE = Feature("omost", "Omost", (
+    Param("canvas", "Canvas", JSON, json.dumps(canvas_to_json(example_canvas()), ensure_ascii=False, indent=2),
+          xyz=False,
+          help="The canvas as JSON (ours or the ComfyUI_omost list form); the editor and the chat write it."),
+    Param("method", "Method", CHOICE, OMOST, choices=METHODS),
+    Param("strength", "Strength", FLOAT, 1.0, 0.0, 1.0, 0.05,
+          help="0 = plain attention over the whole canvas text, 1 = the method's full regional effect."),
+    Param("end_percent", "End percent", FLOAT, 1.0, 0.0, 1.0, 0.01,
+          help="Regional masks act for this first part of sampling, then plain attention over the canvas text."),
+    Param("prompt_box", "Prompt box", CHOICE, APPEND, choices=(APPEND, IGNORE),
+          help="What happens to the txt2img prompt box while Omost is on."),
+    Param("hires_regions", "Regions in hires pass", BOOL, True,
+          help="Off: the hires pass sees the canvas text without regional masks."),
+))
+
+_SYNTAX = re.compile(r"([\\()\[\]])")
+_KEYWORDS = re.compile(r"\b(BREAK|AND)\b")
+
+
+def escape_webui_prompt(text: str) -> str:
+    """LLM text made literal for the WebUI prompt parser: brackets escaped, BREAK/AND keywords lower-cased."""
+    return _KEYWORDS.sub(lambda m: m.group(1).lower(), _SYNTAX.sub(r"\\\1", text))
+
+
+def region_prompts(canvas: Canvas, prompt_box: str, mode: str) -> list[RegionPrompt]:
+    """The prompt tree (global first, then far to near), with the prompt box appended to the global region."""
+    prompts = canvas_prompts(canvas)
+    extra = normalize_prompt(prompt_box or "")
+    if mode == APPEND and extra:
+        first = prompts[0]
+        prompts[0] = RegionPrompt(first.prefixes, (*first.suffixes, extra))
+    return prompts
+
+
+def chunk_texts(prompts: Sequence[RegionPrompt], count_tokens: Callable[[str], int]) -> list[tuple[int, str]]:
+    """(region index, chunk text) for every chunk, in context order."""
+    return [(index, text) for index, prompt in enumerate(prompts)
+            for text in region_chunks(prompt, count_tokens)]
+
+
+def token_regions(chunk_lengths: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """The token -> region map from (region index, token count) per encoded chunk."""
+    return torch.cat([torch.full((n,), region, dtype=torch.long) for region, n in chunk_lengths])
+
+
+def region_weights(canvas: Canvas) -> torch.Tensor:
+    """Per-region weights in mask order: the global region 1, then the canvas regions far to near."""
+    return torch.tensor([1.0] + [float(r.weight) for r in ordered_regions(canvas)], dtype=torch.float64)
+
+
+def _chunk_rows(cond_or_uncond: Sequence[int], batch: int) -> tuple[int, list[bool]]:
+    if not cond_or_uncond or batch % len(cond_or_uncond):
+        raise ValueError(f"a UNet batch of {batch} rows does not split into chunks {list(cond_or_uncond)}")
+    return batch // len(cond_or_uncond), [c == 0 for c in cond_or_uncond]
+
+
+def swap_context(context: torch.Tensor, cond_or_uncond: Sequence[int], regional: torch.Tensor) -> torch.Tensor:
+    """The UNet call's cross-attention context with every cond chunk's rows replaced by ``regional`` [L, C].
+
+    Both contexts are repeated to the least common multiple of their lengths (as the WebUI itself does for
+    conds of unequal length; repeating a whole context leaves attention unchanged).
+    """
+    per, is_cond = _chunk_rows(cond_or_uncond, context.shape[0])
+    length = math.lcm(context.shape[1], regional.shape[0])
+    own = context.repeat(1, length // context.shape[1], 1)
+    ours = regional.to(context.device, context.dtype).repeat(length // regional.shape[0], 1)
+    rows = [ours.expand(per, -1, -1) if cond else own[j * per:(j + 1) * per] for j, cond in enumerate(is_cond)]
+    return torch.cat(rows)
+
+
+def swap_rows(vector: torch.Tensor, cond_or_uncond: Sequence[int], ours: torch.Tensor) -> torch.Tensor:
+    """SDXL's pooled ``y`` [B, D] with the cond chunks' rows replaced by ``ours`` [D]."""
+    per, is_cond = _chunk_rows(cond_or_uncond, vector.shape[0])
+    ours = ours.to(vector.device, vector.dtype)
+    rows = [ours.expand(per, -1) if cond else vector[j * per:(j + 1) * per] for j, cond in enumerate(is_cond)]
+    return torch.cat(rows)
+
+
+@dataclass
+class RegionalStage:
+    """Regional cross-attention on the calls whose context is (a repetition of) the canvas context."""
+    canvas: Canvas
+    regions: torch.Tensor                  # token -> region map of the canvas context [L]
+    method: str
+    strength: float
+    end_sigma: float                       # active while sigma >= end_sigma
+    info: ModelInfo
+    name: str = "Omost"
+    target: str = ATTN2
+    order: int = 10
+    exclusive: str | None = None
+    layouts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.weights = region_weights(self.canvas)
+
+    def applies(self, layer) -> bool:
+        return True
+
+    def active(self, call: AttnCall) -> bool:
+        return call.sigma is None or call.sigma >= self.end_sigma
+
+    def masks(self, hw: tuple[int, int]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(region_masks(self.canvas, *hw))).flatten(1)
+
+    def layout(self, hw, context_len: int, dtype):
+        key = (hw, context_len, dtype)
+        if key not in self.layouts:
+            masks = self.masks(hw)
+            if self.method == OMOST:
+                made = omost_layout(self.regions, masks, context_len, strength=self.strength,
+                                    region_weights=self.weights, dtype=dtype)
+            elif self.method in (COUPLE, OVERLAY):
+                made = couple_layout(self.regions, masks, context_len, mode="overlay" if self.method == OVERLAY
+                                     else "average", strength=self.strength, region_weights=self.weights, dtype=dtype)
+            else:
+                made = dense_cross_layout(self.regions, masks, context_len)
+            self.layouts[key] = made
+        return self.layouts[key]
+
+    def __call__(self, q, k, v, call: AttnCall, inner):
+        if k.shape[1] % self.regions.shape[0] or not call.cond_rows:
+            return inner(q, k, v, call)          # not the canvas context (or no positive rows in this call)
+        layout = self.layout(call.hw, k.shape[1], q.dtype)
+        if self.method == OMOST:
+            return omost_attention(q, k, v, call.heads, layout, cond_rows=call.cond_rows)
+        if self.method in (COUPLE, OVERLAY):
+            return attention_couple(q, k, v, call.heads, layout, cond_rows=call.cond_rows)
+        timestep = self.info.timestep(call.sigma) if call.sigma is not None else 999.0
+        return densediffusion_attention(q, k, v, call.heads, layout, timestep, weight=self.strength,
+                                        cond_rows=call.cond_rows)
+

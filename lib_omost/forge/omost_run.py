@@ -1,0 +1,128 @@
+"""Omost in the WebUI's sampling: encode the canvas with the loaded CLIP, swap it in, install the stage.
+
+Encodings are cached per CLIP object and text (a weak-keyed cache: it dies with the model), so an
+unchanged canvas is not re-encoded on the next generation or X/Y/Z cell.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import weakref
+
+import torch
+
+from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text
+from lib_omost.features import omost
+from lib_omost.forge.generation import loaded_model_info, read_values, report_problem
+from lib_omost.forge.plan_install import apply_feature
+from lib_omost.prompts import count_words
+
+log = logging.getLogger("sd-forge-omost")
+
+WRAPPER_ATTR = "omost_wraps"          # on our model_function_wrapper: the wrapper it chains to (or None)
+_encodings: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def token_counter(sd_model):
+    """CLIP token count of a text with the loaded model's own tokenizer (an estimate where none is exposed)."""
+    lengths = getattr(sd_model, "get_prompt_lengths_on_ui", None)       # Forge main / Neo engines
+    if lengths is not None:
+        return lambda text: int(lengths(text)[0])
+    try:                                                               # reForge / Classic
+        from modules import sd_hijack
+        cond_stage = sd_model.cond_stage_model
+        return lambda text: int(sd_hijack.model_hijack.get_prompt_lengths(text, cond_stage)[0])
+    except (ImportError, AttributeError):
+        return lambda text: math.ceil(count_words(text) * 1.3)
+
+
+def encode_chunk(p, text: str):
+    """(crossattn [tokens, C], pooled vector [D] or None) of one chunk text, cached per CLIP and size."""
+    from modules.prompt_parser import SdConditioning
+    clip = p.sd_model.forge_objects.clip
+    cache = _encodings.setdefault(clip, {})
+    key = (text, int(p.width), int(p.height))
+    if key not in cache:
+        cond = p.sd_model.get_learned_conditioning(SdConditioning([text], width=p.width, height=p.height))
+        if isinstance(cond, dict):
+            cache[key] = (cond["crossattn"][0].detach(), cond["vector"][0].detach())
+        else:
+            cache[key] = (cond[0].detach(), None)
+    return cache[key]
+
+
+def encode_canvas(p, canvas, prompt_box_mode: str):
+    """(context [L, C], token -> region [L], pooled vector or None, chunk count) of a canvas."""
+    prompts = omost.region_prompts(canvas, getattr(p, "prompt", ""), prompt_box_mode)
+    chunks = omost.chunk_texts(prompts, token_counter(p.sd_model))
+    encoded = [encode_chunk(p, omost.escape_webui_prompt(text)) for _, text in chunks]
+    context = torch.cat([cross for cross, _ in encoded])
+    regions = omost.token_regions([(region, cross.shape[0]) for (region, _), (cross, _) in zip(chunks, encoded)])
+    return context, regions, encoded[0][1], len(chunks)
+
+
+def context_wrapper(context: torch.Tensor, vector, previous):
+    """A model_function_wrapper giving the cond chunks of every UNet call the canvas context (and SDXL's
+    pooled vector); chains to a wrapper another extension installed."""
+    def wrapper(apply_model, args):
+        c = dict(args["c"])
+        chunks = args["cond_or_uncond"]
+        if 0 in chunks:
+            c["c_crossattn"] = omost.swap_context(c["c_crossattn"], chunks, context)
+            if vector is not None and c.get("y") is not None:
+                c["y"] = omost.swap_rows(c["y"], chunks, vector)
+        if previous is not None:
+            return previous(apply_model, {**args, "c": c})
+        return apply_model(args["input"], args["timestep"], **c)
+    setattr(wrapper, WRAPPER_ATTR, previous)
+    return wrapper
+
+
+def install_context(p, context, vector) -> None:
+    unet = p.sd_model.forge_objects.unet.clone()
+    previous = unet.model_options.get("model_function_wrapper")
+    previous = getattr(previous, WRAPPER_ATTR) if hasattr(previous, WRAPPER_ATTR) else previous
+    unet.set_model_unet_function_wrapper(context_wrapper(context, vector, previous))
+    p.sd_model.forge_objects.unet = unet
+
+
+def parse_canvas(text: str):
+    """The canvas of the accordion's JSON (or code / LLM answer) text; CanvasError names what is wrong."""
+    if not text or not text.strip():
+        raise CanvasError("there is no canvas yet: chat with the LLM, paste a canvas JSON, or load the example")
+    return load_canvas_text(text).canvas
+
+
+def offload_chat_model() -> None:
+    """Free VRAM for diffusion: a local LLM is moved off the GPU (nothing happens when none is loaded)."""
+    from lib_omost.llm import offload_model
+    if offload_model():
+        log.info("Omost: the local LLM was moved off the GPU for sampling")
+
+
+def run_omost(p, args) -> None:
+    feature = omost.FEATURE
+    values = read_values(p, feature, args)
+    if values is None:
+        return
+    try:
+        canvas = parse_canvas(values["canvas"])
+    except CanvasError as e:
+        report_problem(p, feature, f"{e}; Omost did not run")
+        return
+    info = loaded_model_info(p, feature)
+    if info is None:
+        return
+    offload_chat_model()
+    context, regions, vector, chunks = encode_canvas(p, canvas, values["prompt_box"])
+    install_context(p, context, vector)
+    hires_plain = getattr(p, "is_hr_pass", False) and not values["hires_regions"]
+    stages = [] if hires_plain else [omost.RegionalStage(
+        canvas, regions, values["method"], values["strength"], info.percent_to_sigma(values["end_percent"]), info)]
+    apply_feature(p, feature.key, info, stages)
+    compact = json.dumps(canvas_to_json(canvas), ensure_ascii=False, separators=(",", ":"))
+    p.extra_generation_params.update(feature.to_infotext({**values, "canvas": compact}))
+    log.info("Omost: %d regions, %d chunks (%d tokens), %s%s", len(canvas.regions), chunks, context.shape[0],
+             values["method"], " (no regional masks in this hires pass)" if hires_plain else "")

@@ -1,0 +1,158 @@
+"""The Omost accordion's layout and events, and its Settings section.
+
+Generation parameters come from the declaration (``make``); the chat, LLM settings, editor and preview
+are UI only (not script arguments, so the API argument order is the declaration's).
+"""
+
+from __future__ import annotations
+
+from lib_omost.canvas import CanvasError, load_canvas_text, overlay_image
+from lib_omost.canvas.cli import format_region_table
+from lib_omost.forge import omost_chat
+
+SECTION = ("omost", "Omost")
+DEFAULT_ENDPOINT = "http://127.0.0.1:8080/v1"
+PREVIEW_SIDE = 384
+
+
+def settings_options() -> dict:
+    """(default, label) of each install-level option, shown in Settings → Omost."""
+    from lib_omost.forge.refdrop_run import DEFAULT_BUDGET_MIB
+    from lib_omost.llm import DEFAULT_MODEL
+    return {
+        "omost_llm_endpoint": (DEFAULT_ENDPOINT, "Omost: OpenAI-compatible server URL (llama.cpp, Ollama, vLLM ...)"),
+        "omost_llm_local_model": (DEFAULT_MODEL, "Omost: local model (Hugging Face name or folder)"),
+        "omost_system_prompt": ("", "Omost: system prompt override (empty = the built-in Omost prompt)"),
+        "omost_system_prompt_kind": ("omost", "Omost: built-in system prompt: 'omost' (fine-tuned models) or "
+                                              "'generic' (other instruction models)"),
+        "omost_refdrop_budget_mib": (DEFAULT_BUDGET_MIB, "RefDrop: memory budget of a saved reference (MiB)"),
+    }
+
+
+def add_settings() -> None:
+    from modules import shared
+    for key, (default, label) in settings_options().items():
+        shared.opts.add_option(key, shared.OptionInfo(default, label, section=SECTION))
+
+
+def _opt(key: str):
+    try:
+        from modules import shared
+        return getattr(shared.opts, key)
+    except Exception:       # before Settings exist (tests, API start-up): the declared default
+        return settings_options()[key][0]
+
+
+def preview(canvas_text: str):
+    """(overlay image or no change, region table or the error) for the JSON box's text."""
+    import gradio as gr
+    try:
+        canvas = load_canvas_text(canvas_text).canvas
+    except CanvasError as e:
+        return gr.update(), f"**Canvas error:** {e}"
+    table = format_region_table(canvas)
+    return overlay_image(canvas, PREVIEW_SIDE, PREVIEW_SIDE), f"```\n{table}\n```"
+
+
+def _session(session):
+    if session is None:
+        session = omost_chat.new_session(_opt("omost_system_prompt") or "", _opt("omost_system_prompt_kind") or "omost")
+    return session
+
+
+def build_omost_ui(make, is_img2img: bool) -> None:
+    import gradio as gr
+    tab = "img2img" if is_img2img else "txt2img"
+    state = gr.State(None)
+    with gr.Row():
+        with gr.Column():
+            chatbot = gr.Chatbot(label="Omost chat", height=360, elem_id=f"omost_{tab}_chatbot")
+            message = gr.Textbox(label="Request", lines=2, placeholder="Describe the image, or the change to make")
+            with gr.Row():
+                send = gr.Button("Send", variant="primary")
+                stop = gr.Button("Stop")
+                retry = gr.Button("Retry")
+                undo = gr.Button("Undo")
+                clear = gr.Button("Clear")
+            status = gr.Markdown("")
+            with gr.Accordion("LLM settings", open=False):
+                backend = gr.Radio(list(omost_chat.BACKENDS), value=omost_chat.SERVER, label="Backend")
+                endpoint = gr.Textbox(label="Server URL", value=_opt("omost_llm_endpoint"))
+                model_name = gr.Textbox(label="Server model (empty: the first model the server lists)")
+                api_key = gr.Textbox(label="API key (never saved, logged or written to images)", type="password")
+                local_model = gr.Textbox(label="Local model (Hugging Face name or folder)",
+                                         value=_opt("omost_llm_local_model"))
+                trust = gr.Checkbox(False, label="trust_remote_code (runs code shipped with the model; phi-3 on "
+                                                 "some transformers versions)")
+                with gr.Row():
+                    temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.01, label="Temperature (0 = greedy)")
+                    top_p = gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Top p")
+                with gr.Row():
+                    max_tokens = gr.Slider(128, 8192, value=4096, step=64, label="Max new tokens")
+                    llm_seed = gr.Number(-1, label="LLM seed (-1 = random)", precision=0)
+                unload = gr.Button("Unload the local model")
+        with gr.Column():
+            canvas = make("canvas", elem_id=f"omost_{tab}_canvas_json", lines=8, max_lines=30)
+            gr.HTML('<div class="omost-canvas-editor-mount"></div>', elem_id=f"omost_{tab}_canvas_editor")
+            with gr.Row():
+                example = gr.Button("Load the example canvas")
+                to_chat = gr.Button("Send edited canvas to the chat")
+            image = gr.Image(label="Layout", type="pil", interactive=False, height=PREVIEW_SIDE)
+            regions = gr.Markdown("")
+    with gr.Row():
+        make("method")
+        make("strength")
+        make("end_percent")
+    with gr.Row():
+        make("prompt_box")
+        make("hires_regions")
+
+    llm_inputs = [backend, endpoint, model_name, api_key, local_model, trust, temperature, top_p, max_tokens, llm_seed]
+
+    def chat(request, session, *args):
+        session = _session(session)
+        llm = omost_chat.LLMChoice(*args[:-1])
+        for pairs, text, line in omost_chat.stream_answer(session, llm, request, args[-1]):
+            yield pairs, text, line, session, ""
+
+    def chat_retry(session, *args):
+        session = _session(session)
+        for pairs, text, line in omost_chat.stream_answer(session, omost_chat.LLMChoice(*args[:-1]), None, args[-1]):
+            yield pairs, text, line, session
+
+    def stop_chat(session):
+        if session is not None:
+            session.stop.set()
+        return "stopping..."
+
+    def undo_turn(session, text):
+        session = _session(session)
+        pairs, text, line = omost_chat.undo(session, text)
+        return pairs, text, line, session
+
+    def clear_chat(session):
+        session = _session(session)
+        pairs, line = omost_chat.clear(session)
+        return pairs, line, session
+
+    def send_canvas(session, text):
+        session = _session(session)
+        pairs, line = omost_chat.canvas_to_chat(session, text)
+        return pairs, line, session
+
+    def unload_model():
+        from lib_omost.llm import unload_model as unload
+        return "the local model was unloaded" if unload() else "no local model was loaded"
+
+    send.click(fn=chat, inputs=[message, state, *llm_inputs, canvas], outputs=[chatbot, canvas, status, state, message])
+    message.submit(fn=chat, inputs=[message, state, *llm_inputs, canvas],
+                   outputs=[chatbot, canvas, status, state, message])
+    retry.click(fn=chat_retry, inputs=[state, *llm_inputs, canvas], outputs=[chatbot, canvas, status, state])
+    stop.click(fn=stop_chat, inputs=[state], outputs=[status], queue=False)
+    undo.click(fn=undo_turn, inputs=[state, canvas], outputs=[chatbot, canvas, status, state])
+    clear.click(fn=clear_chat, inputs=[state], outputs=[chatbot, status, state])
+    to_chat.click(fn=send_canvas, inputs=[state, canvas], outputs=[chatbot, status, state])
+    example.click(fn=omost_chat.example_json_text, inputs=[], outputs=[canvas])
+    unload.click(fn=unload_model, inputs=[], outputs=[status])
+    canvas.change(fn=preview, inputs=[canvas], outputs=[image, regions], show_progress=False)
+
