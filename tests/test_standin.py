@@ -450,6 +450,15 @@ def test_api_args_map_in_order_with_ui_defaults_for_missing_trailing(flavour, pr
     webui.api_txt2img({"prompt": "a", "steps": 1, "width": 64, "height": 64,
                        "infotext": "a\nSteps: 1, Sampler: Euler, Probe strength: 6, Probe word: w"})
     assert (probe.calls[-1]["enabled"], probe.calls[-1]["strength"], probe.calls[-1]["word"]) == (True, 6.0, "w")
+    hires = {"prompt": "a", "steps": 1, "width": 64, "height": 64, "enable_hr": True, "hr_scale": 1.5,
+             "denoising_strength": 0.5}
+    if flavour == "forge":                       # Forge main needs hr_additional_modules over the API
+        with pytest.raises(TypeError):
+            webui.api_txt2img(hires)
+    else:
+        webui.api_txt2img(hires)
+    webui.api_txt2img({**hires, "hr_additional_modules": ["Use same choices"]})
+    assert probe.calls[-1]["hr"] is True
 
 
 # --- conditioning, schedule, callbacks, installer -----------------------------------------------------

@@ -214,6 +214,8 @@ class WebUI:
         kwargs.setdefault("width", 64)
         kwargs.setdefault("height", 64)
         kwargs.setdefault("seed", 1)
+        if tab == "txt2img":
+            kwargs.setdefault("hr_additional_modules", ["Use same choices"])   # the UI's default selection
         cls = processing.StableDiffusionProcessingTxt2Img if tab == "txt2img" else processing.StableDiffusionProcessingImg2Img
         p = cls(**kwargs)
         p.scripts = self.runner(tab)
@@ -262,7 +264,8 @@ def plain_txt2img(family: str | None = None, **kwargs):
     from modules import processing, shared
     if family is not None or shared.sd_model is None:
         load_model(family or "sd15")
-    for key, value in dict(sampler_name="Euler", steps=2, width=64, height=64, seed=1).items():
+    for key, value in dict(sampler_name="Euler", steps=2, width=64, height=64, seed=1,
+                           hr_additional_modules=["Use same choices"]).items():
         kwargs.setdefault(key, value)
     return processing.process_images(processing.StableDiffusionProcessingTxt2Img(**kwargs))
 

@@ -27,6 +27,9 @@ BEFORE_EVERY_SAMPLING_SCRIPTS = "alwayson_scripts"
 INPUT_ACCORDION_IS_CLASS = False
 SDCONDITIONING_HAS_DISTILLED_CFG = True
 MEMORY_FACTOR = 1.0          # calc_cond_uncond_batch: memory_required(shape) < free_memory
+# modules/processing.py StableDiffusionProcessingTxt2Img.sample, before the hires pass:
+# `'Use same choices' not in self.hr_additional_modules` -- a TypeError when the API request left it None.
+HIRES_READS_ADDITIONAL_MODULES = True
 ENGINE_ATTRS = {"sd15": "text_processing_engine", "sd2": "text_processing_engine"}
 
 

@@ -28,6 +28,7 @@ BEFORE_EVERY_SAMPLING_SCRIPTS = "ordered_scripts"
 INPUT_ACCORDION_IS_CLASS = True
 SDCONDITIONING_HAS_DISTILLED_CFG = False
 MEMORY_FACTOR = 1.5          # _calc_cond_batch: memory_required(shape) * 1.5 < free_memory
+HIRES_READS_ADDITIONAL_MODULES = False   # reForge reloads hr_checkpoint_info only
 
 
 class StandinSdModel(torch.nn.Module):

@@ -13,6 +13,8 @@
 # * hires fix (latent upscale): is_hr_pass = True, latents resized, new noise, hr conds, then the flavour's
 #   sequence of resets and process_before_every_sampling calls (Forge main: call, reset, call; reForge:
 #   reset, call), sample_img2img with hr_second_pass_steps or steps; hr_cfg is the scale of that pass.
+#   Forge main first tests `"Use same choices" not in p.hr_additional_modules`: an API request without
+#   hr_additional_modules (None) fails there with TypeError (HTTP 500); the UI always sends a list.
 # * CFG 1: Forge main sets uc = None (and hr_uc = None when hr_cfg == 1); reForge always computes uc; both
 #   backends then drop the uncond chunk.
 # * create_infotext: generation_params then **p.extra_generation_params; list values indexed per image,
@@ -342,6 +344,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning)
         if not self.enable_hr:
             return samples
+        if standin_flavour.HIRES_READS_ADDITIONAL_MODULES and "Use same choices" not in self.hr_additional_modules:
+            pass    # the real code switches VAE / text-encoder modules here (not modelled)
         return self.sample_hr_pass(samples, seeds, subseeds, subseed_strength, prompts)
 
     def sample_hr_pass(self, samples, seeds, subseeds, subseed_strength, prompts):
