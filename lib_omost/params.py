@@ -39,7 +39,7 @@ class Param:
     step: float | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
-    xyz: bool = True                # offered as an X/Y/Z plot axis (numbers and choices)
+    xyz: bool = True                # offered as an X/Y/Z plot axis (never for JSON)
     infotext: bool = True           # written to / read from the infotext
 
     def __post_init__(self):
@@ -182,7 +182,7 @@ class Feature:
 
     # --- xyz ------------------------------------------------------------------------------------
     def xyz_params(self) -> list[Param]:
-        return [p for p in self.params if p.xyz and p.kind in (INT, FLOAT, CHOICE, BOOL)]
+        return [p for p in self.params if p.xyz and p.kind != JSON]
 
     def xyz_label(self, param: Param) -> str:
         return f"[{self.title}] {param.label}"
