@@ -196,3 +196,22 @@ def override(p, feature: Feature, param: Param, value: Any) -> None:
 
 def overrides_of(p) -> dict[str, Any]:
     return dict(getattr(p, OVERRIDES_ATTR, {}) or {})
+
+
+def markdown_table(feature: Feature) -> str:
+    """The feature's API argument table for the README (a test keeps the README equal to this)."""
+    rows = ["| # | argument | label (infotext key after the title) | type | default | allowed |",
+            "|---|---|---|---|---|---|",
+            f"| 0 | enabled | {feature.enabled_key} | bool | False | True / False |"]
+    for i, p in enumerate(feature.params, start=1):
+        if p.kind == CHOICE:
+            allowed = " / ".join(p.choices)
+        elif p.kind in (INT, FLOAT):
+            allowed = f"{p.minimum:g} to {p.maximum:g}"
+        elif p.kind == BOOL:
+            allowed = "True / False"
+        else:
+            allowed = "JSON text" if p.kind == JSON else "text"
+        default = "the example canvas" if p.kind == JSON else (p.format(p.default) if p.default != "" else '""')
+        rows.append(f"| {i} | {p.name} | {p.label} | {p.kind} | {default} | {allowed} |")
+    return "\n".join(rows)
