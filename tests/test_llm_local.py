@@ -147,15 +147,37 @@ def test_stop_from_another_thread_ends_generation(backend):
     assert finished.reason == "stopped"
     assert finished.tokens < 500 and counter.calls < 500
     text = "".join(e.text for e in events[:-1])
-    assert decode(backend, plain_greedy_ids(backend, MESSAGES, 500)).startswith(text)
-    assert not any(t.name == "omost-llm-generate" for t in threading.enumerate())
+    assert text == decode(backend, plain_greedy_ids(backend, MESSAGES, finished.tokens))
+    assert not backend.load().busy.locked()  # generate() has returned
 
 
-def test_closing_the_stream_early_ends_the_worker(backend):
-    stream = backend.stream(MESSAGES, GenerationSettings(temperature=0, max_new_tokens=1000), threading.Event())
-    assert isinstance(next(stream), TextDelta)
-    stream.close()
-    assert not any(t.name == "omost-llm-generate" for t in threading.enumerate())
+def test_closing_the_stream_early_ends_the_generation(backend):
+    model = backend.load().model
+    with ForwardCounter(model) as counter:
+        stream = backend.stream(MESSAGES, GenerationSettings(temperature=0, max_new_tokens=1000), threading.Event())
+        assert isinstance(next(stream), TextDelta)
+        stream.close()
+        assert not backend.load().busy.locked()
+    assert counter.calls < 1000
+
+
+def test_one_long_lived_generation_thread_per_model(model_dir):
+    unload_model()
+    backend = LocalBackend(LocalModelSpec(model_dir, device="cpu"))
+    threads = set()
+    handle = backend.load().model.register_forward_hook(lambda *a: threads.add(threading.get_ident()))
+    try:
+        run(backend, temperature=0, max_new_tokens=3)
+        run(backend, temperature=0, max_new_tokens=3)
+    finally:
+        handle.remove()
+    (ident,) = threads
+    assert ident != threading.get_ident()
+    worker = next(t for t in threading.enumerate() if t.ident == ident)
+    assert worker.name == "omost-llm-generate"
+    unload_model()
+    worker.join(10)
+    assert not worker.is_alive()  # unloading ends the thread
 
 
 def test_seed_reproduces_and_keeps_global_rng(backend):
