@@ -158,16 +158,16 @@ def bench_sse(repeats):
         expected = "".join(f" tok{i % 97}" for i in range(SSE_EVENTS))
 
         def ours():
-            events = list(backend.stream(MESSAGES, settings, threading.Event()))
-            text = "".join(e.text for e in events if isinstance(e, TextDelta))
-            assert text == expected and events[-1].reason == "stop"
-            return len(events) - 1
+            return list(backend.stream(MESSAGES, settings, threading.Event()))
+
+        def check(events):
+            assert "".join(e.text for e in events if isinstance(e, TextDelta)) == expected
+            assert events[-1].reason == "stop" and len(events) == SSE_EVENTS + 1
 
         def raw():
             body = backend.request_body(MESSAGES, settings)
             size = 0
-            with backend._client() as client, client.stream("POST", backend.config.root + "/chat/completions",
-                                                             json=body) as response:
+            with backend.client().stream("POST", backend.config.root + "/chat/completions", json=body) as response:
                 for chunk in response.iter_bytes():
                     size += len(chunk)
             return size
@@ -178,12 +178,12 @@ def bench_sse(repeats):
             return time.perf_counter() - wall, time.process_time() - cpu, result
 
         for _ in range(2):
-            ours(), raw()
+            check(ours()), raw()
         pairs, cpu = [], {"ours": [], "raw": []}
         for _ in range(repeats):
             t_raw, c_raw, size = clocked(raw)
-            t_ours, c_ours, n = clocked(ours)
-            assert n == SSE_EVENTS
+            t_ours, c_ours, events = clocked(ours)
+            check(events)
             pairs.append((t_ours, t_raw))
             cpu["ours"].append(c_ours)
             cpu["raw"].append(c_raw)

@@ -118,11 +118,7 @@ class SSEDecoder:
     _data: list[str] = field(default_factory=list)
     _event: str = ""
     line_number: int = 0
-
-    @property
-    def idle(self) -> bool:
-        """Between events: no partial line, data or event name pending."""
-        return not (self._rest or self._data or self._event)
+    idle: bool = True  # between events: no partial line, data or event name pending
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
         head = single_event_head(chunk) if self.idle else None
@@ -136,6 +132,7 @@ class SSEDecoder:
             event = self._line(line)
             if event is not None:
                 events.append(event)
+        self.idle = not (self._rest or self._data or self._event)
         return events
 
     def close(self) -> list[tuple[str, str]]:
@@ -147,6 +144,7 @@ class SSEDecoder:
             if event is not None:
                 events.append(event)
         self._rest = b""
+        self.idle = not (self._data or self._event)
         return events
 
     def _line(self, raw: bytes) -> tuple[str, str] | None:
@@ -263,19 +261,33 @@ class OpenAIBackend:
     def __init__(self, config: EndpointConfig):
         self.config = config
         self._models: list[dict] | None = None
+        self._http = None
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return f"{self.config.model or 'the first model'} at {self.config.root}"
 
-    def _client(self):
-        import httpx
+    def client(self):
+        """The backend's httpx client, made once: connections are kept, and so is its TLS setup (loading the
+        CA certificates takes tens of milliseconds; plain http:// servers skip it)."""
+        with self._lock:
+            if self._http is None:
+                import httpx
 
-        headers = {"Accept": "application/json"}
-        if self.config.api_key is not None:
-            headers["Authorization"] = "Bearer " + self.config.api_key.reveal()
-        timeout = httpx.Timeout(connect=self.config.connect_timeout, read=self.config.read_timeout,
-                                write=self.config.read_timeout, pool=self.config.connect_timeout)
-        return httpx.Client(timeout=timeout, headers=headers)
+                headers = {"Accept": "application/json"}
+                if self.config.api_key is not None:
+                    headers["Authorization"] = "Bearer " + self.config.api_key.reveal()
+                timeout = httpx.Timeout(connect=self.config.connect_timeout, read=self.config.read_timeout,
+                                        write=self.config.read_timeout, pool=self.config.connect_timeout)
+                self._http = httpx.Client(timeout=timeout, headers=headers,
+                                          verify=self.config.root.startswith("https://"))
+            return self._http
+
+    def close(self) -> None:
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
 
     def _fail(self, response) -> LLMError:
         message = _redacted(server_message(response.read()), self.config.api_key)
@@ -284,8 +296,8 @@ class OpenAIBackend:
     def models(self) -> list[dict]:
         """The server's /v1/models list (fetched once per backend)."""
         if self._models is None:
-            with _http_errors(self.config), self._client() as client:
-                response = client.get(self.config.root + "/models")
+            with _http_errors(self.config):
+                response = self.client().get(self.config.root + "/models")
                 if response.status_code >= 400:
                     raise self._fail(response)
                 try:
@@ -337,9 +349,9 @@ class OpenAIBackend:
         body = self.request_body(messages, settings)
         state = _StreamState()
         start = time.perf_counter()
-        with _http_errors(self.config, state), self._client() as client:
+        with _http_errors(self.config, state):
             while True:
-                with client.stream("POST", self.config.root + "/chat/completions", json=body,
+                with self.client().stream("POST", self.config.root + "/chat/completions", json=body,
                                    headers={"Accept": "text/event-stream"}) as response:
                     if response.status_code >= 400:
                         error = self._fail(response)
@@ -432,11 +444,12 @@ def _read_stream(response, stop: threading.Event, state: _StreamState, start: fl
         yield from _whole_answer(response.read(), state, start, key)  # a server that ignored "stream"
         return
     decoder, template = SSEDecoder(), ChunkTemplate()
+    templated = template.content
     finish, usage, done = None, None, False
     chunks = response.iter_bytes()
     while not done:
         chunk = next(chunks, None)
-        content = template.content(chunk) if chunk is not None and decoder.idle else None
+        content = templated(chunk) if chunk is not None and decoder.idle else None
         if content is not None:  # a token event like the last ones: no full parse needed
             decoder.line_number += 2
             if content:
