@@ -167,6 +167,13 @@ def record_unet_calls(sd_model=None):
 
 # --- the WebUI ---------------------------------------------------------------------------------------
 
+def _submitted_value(component):
+    if getattr(component, "type", None) == "index" and getattr(component, "choices", None) is not None:
+        values = [choice[1] if isinstance(choice, tuple) else choice for choice in component.choices]
+        return values.index(component.value) if component.value in values else None
+    return component.value
+
+
 class WebUI:
     """A started stand-in WebUI: script runners with built UIs, paste fields, API defaults."""
 
@@ -190,9 +197,10 @@ class WebUI:
         return found
 
     def ui_defaults(self, tab: str = "txt2img") -> list:
-        """The script_args a UI submit sends when nothing was touched (component values in input order)."""
+        """The script_args a UI submit sends when nothing was touched (component values in input order;
+        type="index" dropdowns/radios send the index of their value, as gradio's preprocess does)."""
         runner = self.runner(tab)
-        return [0] + [c.value for c in runner.inputs[1:]]
+        return [0] + [_submitted_value(c) for c in runner.inputs[1:]]
 
     def script_args(self, overrides: dict[str, Sequence] | None = None, tab: str = "txt2img") -> list:
         """UI default args with some scripts' args replaced (by title, like alwayson_scripts)."""
