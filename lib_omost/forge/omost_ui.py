@@ -97,8 +97,9 @@ def build_omost_ui(make, is_img2img: bool) -> None:
             with gr.Row():
                 example = gr.Button("Load the example canvas")
                 to_chat = gr.Button("Send edited canvas to the chat")
-            image = gr.Image(label="Layout", type="pil", interactive=False, height=PREVIEW_SIDE)
-            regions = gr.Markdown("")
+            first_image, first_table = preview(omost_chat.example_json_text())
+            image = gr.Image(first_image, label="Layout", type="pil", interactive=False, height=PREVIEW_SIDE)
+            regions = gr.Markdown(first_table)
     with gr.Row():
         make("method")
         make("strength")
