@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
-from lib_omost.attention.refdrop import (MissingReferenceError, ReferenceMismatchError, ReferenceStore,
-                                         refdrop_attention)
+from lib_omost.attention.refdrop import (MIB, MissingReferenceError, ReferenceBudgetError, ReferenceMismatchError,
+                                         ReferenceStore, attn1_layers, reference_bytes, refdrop_attention)
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, TEXT, Feature, Param
 
@@ -95,6 +95,26 @@ def saved_steps(steps: int, save_percent: float) -> int:
     return min(steps, max(1, -(-int(round(steps * save_percent)) // 100)))
 
 
+def save_bytes(info: ModelInfo, layers, latent_hw: tuple[int, int], steps: int, rows: int) -> int:
+    """Bytes a Save of ``steps`` steps on ``layers`` stores at a latent size (fp16, ``rows`` rows per key)."""
+    tokens = {layer: count for layer, count, _ in attn1_layers(info.family, latent_hw)}
+    return reference_bytes([(layer, tokens[layer], info.layers[layer]) for layer in layers], steps, rows)
+
+
+def _mib(nbytes: float) -> str:
+    mib = nbytes / MIB
+    return f"{mib:.1f} MiB" if mib >= 1 else f"{mib:.3g} MiB"
+
+
+def check_save_budget(needed: int, budget: int, setting: str) -> None:
+    """ReferenceBudgetError naming the need, the budget, its setting and what else to change."""
+    if needed > budget:
+        raise ReferenceBudgetError(
+            f"saving this reference needs {_mib(needed)}, above the RefDrop memory budget of {_mib(budget)}; "
+            f"raise the budget (Settings: {setting}), lower the save percentage, disable layer groups or "
+            f"layers, or save at a smaller resolution")
+
+
 @dataclass
 class RefDropStage:
     """Save or Use on the selected layers. ``step_of(sigma) -> int`` comes from the pass's schedule."""
@@ -119,7 +139,10 @@ class RefDropStage:
     def __call__(self, q, k, v, call: AttnCall, inner):
         step = self.step_of(call.sigma)
         if self.mode == SAVE:
-            self.store.record(step, call.layer, k, v, call.cond_rows, call.uncond_rows)
+            try:
+                self.store.record(step, call.layer, k, v, call.cond_rows, call.uncond_rows)
+            except ReferenceBudgetError as e:
+                self.problems.append(str(e))  # stops recording; the runner then writes no partial reference
             return inner(q, k, v, call)
         try:
             k_ref, v_ref = self.store.for_rows(step, call.layer, call.cond_rows, call.uncond_rows, q.shape[0])

@@ -22,6 +22,7 @@ log = logging.getLogger("sd-forge-omost")
 
 EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BUDGET_MIB = 4096
+BUDGET_SETTING = "Omost → 'RefDrop: memory budget of a saved reference (MiB)'"
 STORE_ATTR = "omost_refdrop_store"          # the Save store of one generation, on p
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 _cache: dict[str, tuple[float, ReferenceStore, object]] = {}
@@ -100,6 +101,11 @@ def step_counter(p):
     return (lambda sigma: step_index(sigmas, sigma)), len(sigmas) - 1
 
 
+def latent_size(p) -> tuple[int, int]:
+    """(height, width) of this pass's latent (the first pass: Save never records the hires pass)."""
+    return int(p.height) // 8, int(p.width) // 8
+
+
 def run_refdrop(p, args) -> None:
     feature = refdrop.FEATURE
     values = read_values(p, feature, args)
@@ -120,7 +126,10 @@ def run_refdrop(p, args) -> None:
             reference_path(values["reference"])          # a bad name fails now, not after sampling
             store = getattr(p, STORE_ATTR, None)
             if store is None:
-                store = ReferenceStore(budget_bytes=budget_bytes(), keep_uncond=values["keep_uncond"])
+                budget, rows = budget_bytes(), 2 if values["keep_uncond"] else 1
+                refdrop.check_save_budget(refdrop.save_bytes(info, layers, latent_size(p), limit, rows), budget,
+                                          BUDGET_SETTING)
+                store = ReferenceStore(budget_bytes=budget, keep_uncond=values["keep_uncond"])
                 setattr(p, STORE_ATTR, store)
                 p.omost_refdrop_save = (values["reference"], info.family, steps)
             stage = refdrop.RefDropStage(refdrop.SAVE, layers, store, step_of, limit)
@@ -149,6 +158,9 @@ def finish_refdrop(p) -> None:
     if store is None:
         return
     name, family, steps = p.omost_refdrop_save
+    if stage is not None and stage.problems:
+        report_problem(p, refdrop.FEATURE, f"the reference {name!r} was not saved (it would be incomplete)")
+        return
     if not store.entries:
         report_problem(p, refdrop.FEATURE, "nothing was recorded (no selected layer or step); no reference saved")
         return
