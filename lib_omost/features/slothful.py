@@ -122,22 +122,23 @@ class SlothfulStage:
             stride = slothful_stride(side.slothful, timestep, self.info.layers[layer], self.info.model_channels,
                                      sdxl=self.info.is_sdxl, depth_decay=side.depth_decay,
                                      peak_time=self.values["peak_time"], time_decay=self.values["time_decay"])
-        if self.mode == SLOTHFUL or not self._tiles(layer):
+        grid = None
+        if self.mode != SLOTHFUL and self._tiles(layer):
+            if self.mode == TILE:
+                size, global_ratio = self.values["tile_size"], self.values["global_ratio"]
+            else:
+                size, global_ratio = near_sighted_schedule(ratio, self.values["base_tile"], self.values["peak_tile"],
+                                                           self.values["base_global"], self.values["peak_global"])
+            grid = tile_grid(hw, size)
+        if grid is None:
+            # no tiles on this call: the (possibly) reduced K/V go to the inner attention, like Slothful
             if stride <= 1:
                 return inner(q, k, v, call)
             return inner(q, reduce_tokens(k, hw, stride, side.mode, side.k_blend),
                          reduce_tokens(v, hw, stride, side.mode, side.v_blend), call)
-        if self.mode == TILE:
-            size, global_ratio = self.values["tile_size"], self.values["global_ratio"]
-        else:
-            size, global_ratio = near_sighted_schedule(ratio, self.values["base_tile"], self.values["peak_tile"],
-                                                       self.values["base_global"], self.values["peak_global"])
-        grid = tile_grid(hw, size)
-        if grid is None and stride <= 1:
-            return inner(q, k, v, call)
-        offset = self._offset(layer, hw, grid) if grid is not None else (0, 0)
-        return tiled_attention(q, k, v, call.heads, hw, size, global_ratio=global_ratio, offset=offset,
-                               stride=stride, mode=side.mode, k_blend=side.k_blend, v_blend=side.v_blend)
+        return tiled_attention(q, k, v, call.heads, hw, size, global_ratio=global_ratio,
+                               offset=self._offset(layer, hw, grid), stride=stride, mode=side.mode,
+                               k_blend=side.k_blend, v_blend=side.v_blend)
 
 
 def stages(values: dict, info: ModelInfo, seed: int) -> list:
