@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lib_omost.attention.core import halve_ceil
 from lib_omost.attention.mswmsa import LAYERS as MSW_LAYERS
 from lib_omost.attention.mswmsa import draw_shift, msw_msa_attention
 from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
 from lib_omost.features.slothful import PATTERN_GROUP, layer_seed
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, INT, Feature, Param
-from lib_omost.unet.raunet import (CA_DOWNSCALE_MODES, DOWNSAMPLE_PAIRS, RESOLUTION_MODES,
+from lib_omost.unet.raunet import (CA_DOWNSCALE_MODES, RESOLUTION_MODES,
                                    UPSCALE_MODES, Window, ca_downsample, ca_upsample, in_sigma_window,
                                    keep_even, preset, resize_to, sigma_window, validate_pair)
 
@@ -149,30 +148,28 @@ class BlockPatches:
                     or self.upsample_before)
 
 
-def skip_level_hw(latent_hw: tuple[int, int], family: str, block_in: int) -> tuple[int, int]:
-    """Size of the skip stored just before Downsample input block ``block_in`` (the paired Upsample's target)."""
-    levels = sorted(DOWNSAMPLE_PAIRS[family]).index(block_in)
-    return halve_ceil(latent_hw[0], levels), halve_ceil(latent_hw[1], levels)
+# transformer_options key (per UNet call): the size of the skip stored by RAU-Net's input block - 1, which
+# is the skip the paired Upsample's output is concatenated with (whatever CA pooled before it)
+SKIP_HW = "omost_hidiffusion_skip_hw"
 
 
 def block_patches(settings: Settings, info: ModelInfo) -> BlockPatches:
-    family = info.unet_family
     patches = BlockPatches()
     if settings.raunet:
         block_in, block_out = settings.raunet
         window = sigma_window(settings.raunet_window, info.percent_to_sigma)
 
         def keep_even_before_downsample(h, transformer_options):
-            if _block_is(transformer_options, "input", block_in - 1) and _active(transformer_options, window):
-                return keep_even(h)
-            return h
+            if not _block_is(transformer_options, "input", block_in - 1):
+                return h
+            transformer_options[SKIP_HW] = tuple(h.shape[-2:])
+            return keep_even(h) if _active(transformer_options, window) else h
         patches.input_block_patch_after_skip.append(keep_even_before_downsample)
 
         if settings.upscale_mode != "nearest":
             def resize_before_upsample(h, transformer_options):
                 if _block_is(transformer_options, "output", block_out) and _active(transformer_options, window):
-                    latent_hw = tuple(transformer_options["original_shape"][-2:])
-                    return resize_to(h, skip_level_hw(latent_hw, family, block_in), settings.upscale_mode)
+                    return resize_to(h, transformer_options[SKIP_HW], settings.upscale_mode)
                 return h
             patches.upsample_before.append(resize_before_upsample)
 
