@@ -83,6 +83,23 @@ def parse_disabled(text: str, layers) -> set[LayerKey]:
     return chosen
 
 
+def index_ranges(indices) -> list[str]:
+    """Sorted integers as "first-last" runs: [0, 1, 2, 5] -> ["0-2", "5"]."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
+
+
+def layer_ranges(chosen, layers) -> str:
+    """``chosen`` in the disabled-list notation ("input:0-5, output:3"), indices as in ``group_layers``."""
+    return ", ".join(f"{group}:{run}" for group, members in group_layers(layers).items()
+                     for run in index_ranges(i for i, layer in enumerate(members) if layer in chosen))
+
+
 def selected_layers(values: dict, layers) -> set[LayerKey]:
     disabled = parse_disabled(values["disabled_layers"], layers)
     return {layer for layer in layers if values[layer.block] and layer not in disabled}
@@ -130,11 +147,18 @@ class RefDropStage:
     order: int = 10
     exclusive: str | None = None
 
+    def __post_init__(self) -> None:
+        # Use blends only on the steps the reference holds (e.g. it was saved with a lower save percentage)
+        self.reference_steps = frozenset(self.store.steps()) if self.mode == USE else None
+
     def applies(self, layer: LayerKey) -> bool:
         return layer in self.layers
 
     def active(self, call: AttnCall) -> bool:
-        return call.sigma is not None and not self.problems and self.step_of(call.sigma) < self.steps_limit
+        if call.sigma is None or self.problems:
+            return False
+        step = self.step_of(call.sigma)
+        return step < self.steps_limit and (self.reference_steps is None or step in self.reference_steps)
 
     def __call__(self, q, k, v, call: AttnCall, inner):
         step = self.step_of(call.sigma)

@@ -134,14 +134,25 @@ def run_refdrop(p, args) -> None:
                 p.omost_refdrop_save = (values["reference"], info.family, steps)
             stage = refdrop.RefDropStage(refdrop.SAVE, layers, store, step_of, limit)
         else:
-            store, ref_info = get_reference(values["reference"])
+            name = values["reference"]
+            store, ref_info = get_reference(name)
             check_reference_family(ref_info, info.family)
             refdrop.check_widths(ref_info.widths, info, layers)
-            stage = refdrop.RefDropStage(refdrop.USE, layers, store, step_of, min(limit, ref_info.steps),
-                                         values["coefficient"])
-            if ref_info.steps < limit:
-                report_problem(p, feature, f"the reference {values['reference']!r} holds {ref_info.steps} "
-                                           f"steps; later steps run without RefDrop")
+            held = {layer for layer in layers if layer.label() in ref_info.widths}
+            if not held:
+                raise ValueError(f"the reference {name!r} holds none of the selected layers (it was saved with "
+                                 f"other layer groups or disabled layers)")
+            if held != layers:
+                report_problem(p, feature, f"the reference {name!r} holds no entries for the selected layers "
+                                           f"{refdrop.layer_ranges(layers - held, info.layers)}; they run "
+                                           f"without RefDrop")
+            stage = refdrop.RefDropStage(refdrop.USE, held, store, step_of, limit, values["coefficient"])
+            absent = set(range(limit)) - stage.reference_steps
+            if absent:
+                report_problem(p, feature, f"the reference {name!r} holds steps "
+                                           f"{', '.join(refdrop.index_ranges(stage.reference_steps))} (of "
+                                           f"{ref_info.steps}); steps {', '.join(refdrop.index_ranges(absent))} "
+                                           f"run without RefDrop")
     except (ValueError, FileNotFoundError, ReferenceMismatchError, ReferenceBudgetError) as e:
         report_problem(p, feature, f"{e}; RefDrop did not run")
         return
