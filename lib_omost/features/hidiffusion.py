@@ -96,9 +96,18 @@ def auto_resolution(family: str, width: int, height: int) -> str:
     return "low" if ratio <= 2.25 else "high" if ratio <= 9 else "ultra"
 
 
+def checked_window(values: dict, prefix: str, label: str) -> Window:
+    """The ``<prefix>_start`` .. ``<prefix>_end`` window; ValueError when it starts after it ends."""
+    start, end = values[f"{prefix}_start"], values[f"{prefix}_end"]
+    if start > end:
+        raise ValueError(f"{label} start {start:g} is after its end {end:g} (fractions of sampling, 0 = start)")
+    return Window(start, end)
+
+
 def resolve(values: dict, family: str, width: int, height: int) -> Settings:
-    """The blocks and windows to apply; ValueError (naming the valid pairs) for a wrong advanced pair."""
-    msw = Window(values["msw_start"], values["msw_end"]) if values["msw_msa"] else None
+    """The blocks and windows to apply; ValueError naming the valid pairs for a wrong advanced pair, or the
+    window that starts after it ends."""
+    msw = checked_window(values, "msw", "MSW-MSA") if values["msw_msa"] else None
     if values["mode"] == SIMPLE:
         mode = values["resolution"]
         mode = auto_resolution(family, width, height) if mode == AUTO else mode
@@ -114,8 +123,8 @@ def resolve(values: dict, family: str, width: int, height: int) -> Settings:
                 notes.append(f"{kind} blocks: SDXL defaults {sdxl_pair} used in place of the SD1.5 ones")
     raunet = validate_pair(family, "raunet", (values["raunet_in"], values["raunet_out"])) if values["raunet"] else None
     ca = validate_pair(family, "ca", (values["ca_in"], values["ca_out"])) if values["ca"] else None
-    return Settings(raunet, Window(values["raunet_start"], values["raunet_end"]) if raunet else None,
-                    values["upscale_mode"], ca, Window(values["ca_start"], values["ca_end"]) if ca else None,
+    return Settings(raunet, checked_window(values, "raunet", "RAU-Net") if raunet else None,
+                    values["upscale_mode"], ca, checked_window(values, "ca", "CA") if ca else None,
                     values["ca_downscale_mode"], values["ca_factor"], values["ca_upscale_mode"], msw, notes)
 
 
