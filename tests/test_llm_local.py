@@ -209,8 +209,11 @@ def test_incremental_decoder_deltas_join_to_the_full_text(backend):
     ids = tokenizer.encode("caf\u00e9 \u2014 d\u00e9j\u00e0 vu \U0001F409 over <|end|> a castle, 'quoted' text")
     generator = torch.Generator().manual_seed(0)
     ids += torch.randint(0, len(tokenizer), (200,), generator=generator).tolist()
-    for batch in (1, 2, 5, 64):
-        decoder, parts = IncrementalDecoder(tokenizer), []
+    class PythonOnly:  # a tokenizer without a Rust backend: the decoder falls back to tokenizer.decode
+        decode = tokenizer.decode
+
+    for batch, tok in [(1, tokenizer), (2, tokenizer), (5, tokenizer), (64, tokenizer), (3, PythonOnly())]:
+        decoder, parts = IncrementalDecoder(tok), []
         for i in range(0, len(ids), batch):
             parts.append(decoder.push(ids[i:i + batch]))
         parts.append(decoder.flush())
