@@ -1,7 +1,7 @@
 from modules import scripts
 
 from lib_omost.features.refdrop import FEATURE
-from lib_omost.forge.refdrop_run import finish_refdrop, run_refdrop
+from lib_omost.forge.refdrop_run import finish_refdrop, report_batch, run_refdrop
 from lib_omost.forge.refdrop_ui import build_refdrop_ui
 from lib_omost.forge.script_support import install_script_ui, register_xyz
 
@@ -20,6 +20,9 @@ class RefDropScript(scripts.Script):
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         run_refdrop(p, args)
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        report_batch(p)
 
     def postprocess(self, p, processed, *args):
         finish_refdrop(p)

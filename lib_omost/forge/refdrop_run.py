@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 
 from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMismatchError, ReferenceStore,
                                          check_reference_family, load_reference, save_reference, step_index)
@@ -23,7 +24,8 @@ log = logging.getLogger("sd-forge-omost")
 EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BUDGET_MIB = 4096
 BUDGET_SETTING = "Omost → 'RefDrop: memory budget of a saved reference (MiB)'"
-STORE_ATTR = "omost_refdrop_store"          # the Save store of one generation, on p
+SAVE_ATTR = "omost_refdrop_save"            # the SaveJob of one generation, on p
+STAGES_ATTR = "omost_refdrop_stages"        # stages installed since the last batch's report, on p
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 _cache: dict[str, tuple[float, ReferenceStore, object]] = {}
 
@@ -101,6 +103,16 @@ def step_counter(p):
     return (lambda sigma: step_index(sigmas, sigma)), len(sigmas) - 1
 
 
+@dataclass
+class SaveJob:
+    """A Save in progress: where its reference goes and what it recorded so far."""
+    name: str
+    family: str
+    steps: int
+    store: ReferenceStore
+    failed: bool = False        # recording stopped: the reference would be incomplete, so it is not written
+
+
 def latent_size(p) -> tuple[int, int]:
     """(height, width) of this pass's latent (the first pass: Save never records the hires pass)."""
     return int(p.height) // 8, int(p.width) // 8
@@ -124,15 +136,15 @@ def run_refdrop(p, args) -> None:
         limit = refdrop.saved_steps(steps, values["save_percent"])
         if values["mode"] == refdrop.SAVE:
             reference_path(values["reference"])          # a bad name fails now, not after sampling
-            store = getattr(p, STORE_ATTR, None)
-            if store is None:
+            job = getattr(p, SAVE_ATTR, None)
+            if job is None:         # the first batch; later batches (n_iter) add nothing: first call wins
                 budget, rows = budget_bytes(), 2 if values["keep_uncond"] else 1
                 refdrop.check_save_budget(refdrop.save_bytes(info, layers, latent_size(p), limit, rows), budget,
                                           BUDGET_SETTING)
-                store = ReferenceStore(budget_bytes=budget, keep_uncond=values["keep_uncond"])
-                setattr(p, STORE_ATTR, store)
-                p.omost_refdrop_save = (values["reference"], info.family, steps)
-            stage = refdrop.RefDropStage(refdrop.SAVE, layers, store, step_of, limit)
+                job = SaveJob(values["reference"], info.family, steps,
+                              ReferenceStore(budget_bytes=budget, keep_uncond=values["keep_uncond"]))
+                setattr(p, SAVE_ATTR, job)
+            stage = refdrop.RefDropStage(refdrop.SAVE, layers, job.store, step_of, limit)
         else:
             name = values["reference"]
             store, ref_info = get_reference(name)
@@ -156,27 +168,40 @@ def run_refdrop(p, args) -> None:
     except (ValueError, FileNotFoundError, ReferenceMismatchError, ReferenceBudgetError) as e:
         report_problem(p, feature, f"{e}; RefDrop did not run")
         return
-    p.omost_refdrop_stage = stage
+    setattr(p, STAGES_ATTR, [*getattr(p, STAGES_ATTR, []), stage])
     apply_feature(p, feature.key, info, [stage])
 
 
+def report_batch(p) -> None:
+    """After a batch's sampling, before its infotexts are written: what went wrong while sampling."""
+    stages = getattr(p, STAGES_ATTR, [])
+    setattr(p, STAGES_ATTR, [])
+    job = getattr(p, SAVE_ATTR, None)
+    for stage in stages:
+        if not stage.problems:
+            continue
+        if stage.mode == refdrop.SAVE:
+            job.failed = True
+            report_problem(p, refdrop.FEATURE, f"{stage.problems[0]}; recording stopped and the reference "
+                                               f"{job.name!r} is not saved (it would be incomplete)")
+        else:
+            report_problem(p, refdrop.FEATURE, f"{stage.problems[0]}; RefDrop stopped there and the rest of "
+                                               f"this pass ran without it")
+    if job is not None and not job.failed and not job.store.entries:
+        job.failed = True
+        report_problem(p, refdrop.FEATURE, f"nothing was recorded (no selected layer or step); the reference "
+                                           f"{job.name!r} is not saved")
+
+
 def finish_refdrop(p) -> None:
-    """After the generation: report run-time problems, write a Save's reference file."""
-    stage = getattr(p, "omost_refdrop_stage", None)
-    if stage is not None and stage.problems:
-        report_problem(p, refdrop.FEATURE, f"{stage.problems[0]}; RefDrop stopped there and the rest ran without it")
-    store = getattr(p, STORE_ATTR, None)
-    if store is None:
+    """After the generation: write a Save's reference file (problems were reported per batch)."""
+    job = getattr(p, SAVE_ATTR, None)
+    if job is None or job.failed:
         return
-    name, family, steps = p.omost_refdrop_save
-    if stage is not None and stage.problems:
-        report_problem(p, refdrop.FEATURE, f"the reference {name!r} was not saved (it would be incomplete)")
-        return
-    if not store.entries:
-        report_problem(p, refdrop.FEATURE, "nothing was recorded (no selected layer or step); no reference saved")
-        return
-    path = reference_path(name)
+    path = reference_path(job.name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    size = save_reference(store, path, model_family=family, resolution=(int(p.width), int(p.height)), steps=steps)
-    _cache.pop(name, None)       # the next Use loads the new file
-    log.info("RefDrop: saved reference %r (%.1f MiB, %d entries) to %s", name, size / MIB, len(store.entries), path)
+    size = save_reference(job.store, path, model_family=job.family, resolution=(int(p.width), int(p.height)),
+                          steps=job.steps)
+    _cache.pop(job.name, None)       # the next Use loads the new file
+    log.info("RefDrop: saved reference %r (%.1f MiB, %d entries) to %s", job.name, size / MIB,
+             len(job.store.entries), path)
