@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
-from lib_omost.attention.refdrop import (MIB, MissingReferenceError, ReferenceBudgetError, ReferenceMismatchError,
-                                         ReferenceStore, attn1_layers, reference_bytes, refdrop_attention)
+from lib_omost.attention.refdrop import (BRANCHES, MIB, MissingReferenceError, ReferenceBudgetError,
+                                         ReferenceMismatchError, ReferenceStore, attn1_layers, layer_label,
+                                         reference_bytes, refdrop_attention)
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, TEXT, Feature, Param
 
@@ -150,6 +151,23 @@ class RefDropStage:
     def __post_init__(self) -> None:
         # Use blends only on the steps the reference holds (e.g. it was saved with a lower save percentage)
         self.reference_steps = frozenset(self.store.steps()) if self.mode == USE else None
+        self._on_device: tuple | None = None     # (step, device, dtype, ReferenceStore of that step's moved entries)
+
+    def step_references(self, step: int, layer: LayerKey, like) -> ReferenceStore:
+        """The store's entries of (step, layer) on ``like``'s device and dtype, moved once per step and layer.
+
+        Every call of a step (cond and uncond in split calls, a second-order sampler's extra calls) reuses
+        them; the moved copies of the previous step are dropped when the step changes.
+        """
+        if self._on_device is None or self._on_device[:3] != (step, like.device, like.dtype):
+            self._on_device = (step, like.device, like.dtype, ReferenceStore(dtype=like.dtype))
+        moved = self._on_device[3]
+        for branch in BRANCHES:
+            key = (step, layer_label(layer), branch)
+            entry = self.store.get(step, layer, branch)
+            if entry is not None and key not in moved.entries:
+                moved.entries[key] = tuple(x.to(like.device, like.dtype) for x in entry)
+        return moved
 
     def applies(self, layer: LayerKey) -> bool:
         return layer in self.layers
@@ -169,7 +187,8 @@ class RefDropStage:
                 self.problems.append(str(e))  # stops recording; the runner then writes no partial reference
             return inner(q, k, v, call)
         try:
-            k_ref, v_ref = self.store.for_rows(step, call.layer, call.cond_rows, call.uncond_rows, q.shape[0])
+            k_ref, v_ref = self.step_references(step, call.layer, q).for_rows(step, call.layer, call.cond_rows,
+                                                                              call.uncond_rows, q.shape[0])
             return refdrop_attention(q, k, v, k_ref, v_ref, call.heads, self.coefficient,
                                      inner=lambda q_, k_, v_: inner(q_, k_, v_, call))
         except (MissingReferenceError, ReferenceMismatchError) as e:
