@@ -45,8 +45,19 @@ def _upsample_modifier(fn):
     return modifier
 
 
+def upsample_hook_available() -> bool:
+    """Whether this WebUI runs a hook just before an Upsample layer (Forge main's block inner modifiers;
+    reForge's UNet calls the Upsample directly, so nothing can resize before it there)."""
+    return flavour() == FORGE
+
+
 def install_block_patches(p, patches) -> list[str]:
-    """Put ``patches`` (a ``BlockPatches``) on a clone of the pass's UNet. Returns notes for the user."""
+    """Put ``patches`` (a ``BlockPatches``) on a clone of the pass's UNet. Returns notes for the user.
+
+    ``patches.upsample_before`` needs ``upsample_hook_available()``; the caller decides what to do without it.
+    """
+    if patches.upsample_before and not upsample_hook_available():
+        raise ValueError("this WebUI has no hook before the Upsample layer: leave upsample_before empty")
     notes = []
     unet = p.sd_model.forge_objects.unet.clone()
     _drop_ours(unet)
@@ -58,10 +69,6 @@ def install_block_patches(p, patches) -> list[str]:
         for fn in getattr(patches, name):
             getattr(unet, setter)(_mark(fn))
     for fn in patches.upsample_before:
-        if flavour() == FORGE:
-            unet.add_block_inner_modifier(_mark(_upsample_modifier(fn)))
-        else:
-            notes.append("reForge has no hook before the Upsample: the paired Upsample resizes with nearest")
-            break
+        unet.add_block_inner_modifier(_mark(_upsample_modifier(fn)))
     p.sd_model.forge_objects.unet = unet
     return notes

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from lib_omost.features import hidiffusion, slothful
-from lib_omost.forge.blocks import install_block_patches
+from lib_omost.forge.blocks import install_block_patches, upsample_hook_available
 from lib_omost.forge.generation import loaded_model_info, read_values, report_problem, write_infotext
 from lib_omost.forge.plan_install import apply_feature
 
@@ -63,6 +63,10 @@ def run_hidiffusion(p, args) -> None:
         report_problem(p, feature, "ControlNet is active: its residuals have the normal UNet sizes, so RAU-Net "
                                    "and CA are skipped for this generation (MSW-MSA still runs)")
         settings.raunet = settings.ca = None
+    if settings.raunet and settings.upscale_mode != "nearest" and not upsample_hook_available():
+        report_problem(p, feature, f"reForge has no hook before the Upsample: the paired Upsample resizes with "
+                                   f"nearest, not {settings.upscale_mode}")
+        settings.upscale_mode = "nearest"
     patches = hidiffusion.block_patches(settings, info)
     for note in install_block_patches(p, patches) if patches else []:
         report_problem(p, feature, note)
