@@ -43,6 +43,13 @@ def run_slothful(p, args) -> None:
     _log_plan(p, plan, info)
 
 
+def pass_size(p) -> tuple[int, int]:
+    """(width, height) of the image this sampling pass makes: the hires pass runs at the upscaled size."""
+    if getattr(p, "is_hr_pass", False):
+        return int(p.hr_upscale_to_x), int(p.hr_upscale_to_y)
+    return int(p.width), int(p.height)
+
+
 def run_hidiffusion(p, args) -> None:
     feature = hidiffusion.FEATURE
     values = read_values(p, feature, args)
@@ -51,11 +58,13 @@ def run_hidiffusion(p, args) -> None:
     info = loaded_model_info(p, feature)
     if info is None:
         return
-    if getattr(p, "is_hr_pass", False) and not values["hires_pass"]:
-        write_infotext(p, feature, values)
+    hires = getattr(p, "is_hr_pass", False)
+    applied_key = f"{feature.title} applied" + (" (hires pass)" if hires else "")
+    if hires and not values["hires_pass"]:
+        write_infotext(p, feature, values, {applied_key: "nothing (Apply in hires pass is off)"})
         return
     try:
-        settings = hidiffusion.resolve(values, info.unet_family, int(p.width), int(p.height))
+        settings = hidiffusion.resolve(values, info.unet_family, *pass_size(p))
     except ValueError as e:
         report_problem(p, feature, f"{e}; the accordion did not run")
         return
@@ -71,6 +80,6 @@ def run_hidiffusion(p, args) -> None:
     for note in install_block_patches(p, patches) if patches else []:
         report_problem(p, feature, note)
     plan = apply_feature(p, feature.key, info, hidiffusion.stages(settings, info, image_seed(p)))
-    write_infotext(p, feature, values, {"HiDiffusion applied": settings.describe()})
+    write_infotext(p, feature, values, {applied_key: settings.describe()})
     log.info("HiDiffusion %s: %s", " ".join(settings.notes), settings.describe())
     _log_plan(p, plan, info)
