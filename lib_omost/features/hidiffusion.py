@@ -77,6 +77,7 @@ class Settings:
     ca_upscale_mode: str
     msw_window: Window | None
     notes: list[str] = field(default_factory=list)
+    off_reason: str = "this preset is off for this model and size"     # said when nothing applies
 
     def describe(self) -> str:
         parts = []
@@ -87,7 +88,7 @@ class Settings:
             parts.append(f"CA input {self.ca[0]}/output {self.ca[1]} {self.ca_window.start:g}-{self.ca_window.end:g}")
         if self.msw_window:
             parts.append(f"MSW-MSA {self.msw_window.start:g}-{self.msw_window.end:g}")
-        return "; ".join(parts) or "nothing (this preset is off for this model and size)"
+        return "; ".join(parts) or f"nothing ({self.off_reason})"
 
 
 def auto_resolution(family: str, width: int, height: int) -> str:
@@ -125,7 +126,8 @@ def resolve(values: dict, family: str, width: int, height: int) -> Settings:
     ca = validate_pair(family, "ca", (values["ca_in"], values["ca_out"])) if values["ca"] else None
     return Settings(raunet, checked_window(values, "raunet", "RAU-Net") if raunet else None,
                     values["upscale_mode"], ca, checked_window(values, "ca", "CA") if ca else None,
-                    values["ca_downscale_mode"], values["ca_factor"], values["ca_upscale_mode"], msw, notes)
+                    values["ca_downscale_mode"], values["ca_factor"], values["ca_upscale_mode"], msw, notes,
+                    "RAU-Net, CA and MSW-MSA are all off")
 
 
 def _sigma(transformer_options: dict) -> float | None:

@@ -72,6 +72,7 @@ def run_hidiffusion(p, args) -> None:
         report_problem(p, feature, "ControlNet is active: its residuals have the normal UNet sizes, so RAU-Net "
                                    "and CA are skipped for this generation (MSW-MSA still runs)")
         settings.raunet = settings.ca = None
+        settings.off_reason = "RAU-Net and CA skipped because ControlNet is active"
     if settings.raunet and settings.upscale_mode != "nearest" and not upsample_hook_available():
         report_problem(p, feature, f"reForge has no hook before the Upsample: the paired Upsample resizes with "
                                    f"nearest, not {settings.upscale_mode}")
