@@ -340,3 +340,17 @@ def test_install_plan_for_cuda_machines():
     assert plan(lambda n: False, False, "linux", {}) == []
     assert plan(lambda n: n == "bitsandbytes", True, "linux", {}) == []
     assert plan(lambda n: False, True, "linux", {"OMOST_SKIP_BITSANDBYTES": "1"}) == []
+
+
+def test_stale_infotext_of_a_previous_xyz_cell_is_dropped():
+    import types
+    from lib_omost.features.hidiffusion import FEATURE
+    from lib_omost.forge.generation import read_values
+    shared = {"HiDiffusion": "True", "HiDiffusion Mode": "Simple", "HiDiffusion note": "x", "Steps": 2}
+    cell = types.SimpleNamespace(extra_generation_params=shared, is_hr_pass=False)
+    assert read_values(cell, FEATURE, [False]) is None
+    assert shared == {"Steps": 2}
+    shared.update({"HiDiffusion Mode": "Simple"})
+    hires = types.SimpleNamespace(extra_generation_params=shared, is_hr_pass=True)
+    read_values(hires, FEATURE, [False])
+    assert shared == {"Steps": 2, "HiDiffusion Mode": "Simple"}

@@ -28,11 +28,23 @@ def report_problem(p, feature: Feature, message: str) -> None:
         pass
 
 
+def clear_infotext(p, feature: Feature) -> None:
+    """Drop this accordion's infotext entries: X/Y/Z cells are shallow copies of one p and share its
+    extra_generation_params, so a cell with the accordion off would otherwise show the previous cell's."""
+    notes = getattr(p, "extra_generation_params", None)
+    if notes is None:
+        return
+    for key in [k for k in notes if k == feature.enabled_key or k.startswith(feature.title + " ")]:
+        del notes[key]
+
+
 def read_values(p, feature: Feature, args: Sequence[Any]) -> dict[str, Any] | None:
     """The validated values of this generation (xyz overrides applied), or None after reporting why not.
 
     Returns None as well when the feature is off, so callers simply ``return`` on None.
     """
+    if not getattr(p, "is_hr_pass", False):      # a hires pass keeps what the first pass reported
+        clear_infotext(p, feature)
     try:
         values = feature.values(args, overrides_of(p))
     except ParamError as e:

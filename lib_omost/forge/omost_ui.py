@@ -110,16 +110,25 @@ def build_omost_ui(make, is_img2img: bool) -> None:
 
     llm_inputs = [backend, endpoint, model_name, api_key, local_model, trust, temperature, top_p, max_tokens, llm_seed]
 
+    def with_preview(updates):
+        """Add the layout preview to a stream of (pairs, canvas text, status), rendered when the text changes
+        (Gradio does not reliably fire the JSON box's change event for updates made by another event)."""
+        last, shown = None, (gr.update(), gr.update())
+        for pairs, text, line in updates:
+            if text != last:
+                last, shown = text, preview(text)
+            yield pairs, text, line, *shown
+
     def chat(request, session, *args):
         session = _session(session)
         llm = omost_chat.LLMChoice(*args[:-1])
-        for pairs, text, line in omost_chat.stream_answer(session, llm, request, args[-1]):
-            yield pairs, text, line, session, ""
+        for out in with_preview(omost_chat.stream_answer(session, llm, request, args[-1])):
+            yield *out, session, ""
 
     def chat_retry(session, *args):
         session = _session(session)
-        for pairs, text, line in omost_chat.stream_answer(session, omost_chat.LLMChoice(*args[:-1]), None, args[-1]):
-            yield pairs, text, line, session
+        for out in with_preview(omost_chat.stream_answer(session, omost_chat.LLMChoice(*args[:-1]), None, args[-1])):
+            yield *out, session
 
     def stop_chat(session):
         if session is not None:
@@ -128,8 +137,11 @@ def build_omost_ui(make, is_img2img: bool) -> None:
 
     def undo_turn(session, text):
         session = _session(session)
-        pairs, text, line = omost_chat.undo(session, text)
-        return pairs, text, line, session
+        return *next(with_preview([omost_chat.undo(session, text)])), session
+
+    def load_example():
+        text = omost_chat.example_json_text()
+        return text, *preview(text)
 
     def clear_chat(session):
         session = _session(session)
@@ -145,15 +157,15 @@ def build_omost_ui(make, is_img2img: bool) -> None:
         from lib_omost.llm import unload_model as unload
         return "the local model was unloaded" if unload() else "no local model was loaded"
 
-    send.click(fn=chat, inputs=[message, state, *llm_inputs, canvas], outputs=[chatbot, canvas, status, state, message])
-    message.submit(fn=chat, inputs=[message, state, *llm_inputs, canvas],
-                   outputs=[chatbot, canvas, status, state, message])
-    retry.click(fn=chat_retry, inputs=[state, *llm_inputs, canvas], outputs=[chatbot, canvas, status, state])
+    shown = [chatbot, canvas, status, image, regions]
+    send.click(fn=chat, inputs=[message, state, *llm_inputs, canvas], outputs=[*shown, state, message])
+    message.submit(fn=chat, inputs=[message, state, *llm_inputs, canvas], outputs=[*shown, state, message])
+    retry.click(fn=chat_retry, inputs=[state, *llm_inputs, canvas], outputs=[*shown, state])
     stop.click(fn=stop_chat, inputs=[state], outputs=[status], queue=False)
-    undo.click(fn=undo_turn, inputs=[state, canvas], outputs=[chatbot, canvas, status, state])
+    undo.click(fn=undo_turn, inputs=[state, canvas], outputs=[*shown, state])
     clear.click(fn=clear_chat, inputs=[state], outputs=[chatbot, status, state])
     to_chat.click(fn=send_canvas, inputs=[state, canvas], outputs=[chatbot, status, state])
-    example.click(fn=omost_chat.example_json_text, inputs=[], outputs=[canvas])
+    example.click(fn=load_example, inputs=[], outputs=[canvas, image, regions])
     unload.click(fn=unload_model, inputs=[], outputs=[status])
     canvas.change(fn=preview, inputs=[canvas], outputs=[image, regions], show_progress=False)
 

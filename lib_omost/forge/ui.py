@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from lib_omost.params import BOOL, CHOICE, FLOAT, INT, JSON, Feature, Param, ParamError, override
+from lib_omost.params import BOOL, CHOICE, FLOAT, INT, JSON, Feature, Param, override
 
 log = logging.getLogger("sd-forge-omost")
 
@@ -66,26 +66,18 @@ def feature_components(feature: Feature, is_img2img: bool, build: Callable | Non
     return enabled, made
 
 
-def paste_table(feature: Feature, enabled, components: dict) -> list[tuple[Any, Callable]]:
-    """(component, reader) pairs for ``Script.infotext_fields``: a PNG without this feature turns it off."""
+def paste_table(feature: Feature, enabled, components: dict) -> list[tuple[Any, Any]]:
+    """(component, key) pairs for ``Script.infotext_fields``.
+
+    The enable flag reads a callable, so pasting a PNG made without this accordion turns it off; the
+    parameters use their infotext keys as strings, which is what the WebUI's "Send to" buttons copy
+    (they skip callable keys) and what its paste converts to the component's type.
+    """
     def enabled_reader(params: dict) -> bool:
         return str(params.get(feature.enabled_key, "False")).lower() == "true"
 
-    def reader(param: Param) -> Callable:
-        key = feature.infotext_key(param)
-
-        def read(params: dict):
-            if key not in params:
-                return None
-            try:
-                return param.coerce(params[key])
-            except ParamError as e:
-                log.warning("infotext paste: %s", e)
-                return None
-        return read
-
     table = [(enabled, enabled_reader)]
-    table += [(components[p.name], reader(p)) for p in feature.params if p.infotext]
+    table += [(components[p.name], feature.infotext_key(p)) for p in feature.params if p.infotext]
     return table
 
 
