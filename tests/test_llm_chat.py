@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import threading
+from pathlib import Path
+
 import pytest
 
 from lib_omost.canvas import AREAS, LOCATIONS, OFFSETS, example_canvas, parse_answer, rect_from_location
@@ -14,6 +16,7 @@ from lib_omost.llm.events import (BudgetWarning, CanvasUpdate, Failed, Finished,
                                   Progress, TextDelta)
 from lib_omost.llm.prompts import (GENERIC_EXAMPLE_ANSWER, generic_system_prompt, omost_system_prompt,
                                    system_prompt)
+
 
 def sample_answer() -> str:
     """A realistic answer: the built-in example canvas as the program an Omost model writes, with prose."""
@@ -288,3 +291,14 @@ def test_a_conversation_changed_during_generation_is_not_overwritten():
 def test_settings_defaults_are_omosts():
     s = GenerationSettings()
     assert (s.temperature, s.top_p, s.max_new_tokens, s.seed, s.prompt_lookup) == (0.6, 0.9, 4096, None, None)
+
+
+def test_the_package_imports_without_transformers_httpx_or_bitsandbytes():
+    import subprocess
+    import sys
+
+    code = ("import sys, lib_omost.llm, lib_omost.llm.cli; "
+            "print(sorted(m for m in ('transformers', 'httpx', 'bitsandbytes', 'gradio') if m in sys.modules))")
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,12 +9,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from lib_omost.llm.chat import ask, retry
 from lib_omost.llm.conversation import Conversation
 from lib_omost.llm.events import Failed, Finished, GenerationSettings, LLMError, TextDelta
-from lib_omost.llm.openai_compat import (EndpointConfig, OpenAIBackend, Secret, SSEDecoder, SSEError, api_root,
-                                         server_message)
+from lib_omost.llm.openai_compat import (ChunkTemplate, EndpointConfig, OpenAIBackend, Secret, SSEDecoder, SSEError,
+                                         _read_stream, _StreamState, api_root, server_message)
 
 KEY = "sk-test-0123456789abcdef"
 PIECES = ["```python\n", "canvas = Canvas()\n", "canvas.set_global_description(description='A cat.', ",
@@ -404,11 +405,6 @@ def test_cli_errors(server, capsys, monkeypatch):
 
 
 # ---- the envelope template: same results as parsing every event in full ------------------------------
-
-from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
-
-from lib_omost.llm.openai_compat import ChunkTemplate, _read_stream, _StreamState  # noqa: E402
-
 
 class _Response:
     headers = {"content-type": "text/event-stream"}

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from lib_omost.llm.conversation import Conversation, budget
 from lib_omost.llm.events import (BudgetWarning, CanvasUpdate, Event, Failed, Finished, GenerationSettings,
-                                  LLMError, Progress, TextDelta)
+                                  LLMError, Progress)
 
 PROGRESS_INTERVAL = 0.5  # seconds between Progress events
 
