@@ -12,8 +12,8 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from json.decoder import scanstring as _scanstring  # the C string scanner json.loads uses
 from dataclasses import dataclass, field
+from json.decoder import scanstring as _scanstring  # the C string scanner json.loads uses
 from typing import Iterator
 from urllib.parse import urlsplit
 
