@@ -119,7 +119,7 @@ def save_bytes(info: ModelInfo, layers, latent_hw: tuple[int, int], steps: int, 
     return reference_bytes([(layer, tokens[layer], info.layers[layer]) for layer in layers], steps, rows)
 
 
-def _mib(nbytes: float) -> str:
+def format_mib(nbytes: float) -> str:
     mib = nbytes / MIB
     return f"{mib:.1f} MiB" if mib >= 1 else f"{mib:.3g} MiB"
 
@@ -128,9 +128,9 @@ def check_save_budget(needed: int, budget: int, setting: str) -> None:
     """ReferenceBudgetError naming the need, the budget, its setting and what else to change."""
     if needed > budget:
         raise ReferenceBudgetError(
-            f"saving this reference needs {_mib(needed)}, above the RefDrop memory budget of {_mib(budget)}; "
-            f"raise the budget (Settings: {setting}), lower the save percentage, disable layer groups or "
-            f"layers, or save at a smaller resolution")
+            f"saving this reference needs {format_mib(needed)}, above the RefDrop memory budget of "
+            f"{format_mib(budget)}; raise the budget (Settings: {setting}), lower the save percentage, disable "
+            f"layer groups or layers, or save at a smaller resolution")
 
 
 @dataclass
@@ -175,11 +175,7 @@ class RefDropStage:
     def active(self, call: AttnCall) -> bool:
         if call.sigma is None or self.problems:
             return False
-        try:
-            step = self.step_of(call.sigma)
-        except ValueError as e:     # a call outside the pass's schedule: stop, and say so, rather than raise
-            self.problems.append(f"cannot tell the sampling step of sigma {call.sigma:g} ({e})")
-            return False
+        step = self.step_of(call.sigma)
         return step < self.steps_limit and (self.reference_steps is None or step in self.reference_steps)
 
     def __call__(self, q, k, v, call: AttnCall, inner):

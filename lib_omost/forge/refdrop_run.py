@@ -58,12 +58,14 @@ def delete_reference(name: str) -> str:
 
 
 def budget_bytes() -> int:
+    """The memory budget of one reference (Settings, in MiB) in bytes."""
+    from modules import shared
+    mib = getattr(shared.opts, "omost_refdrop_budget_mib", DEFAULT_BUDGET_MIB)
     try:
-        from modules import shared
-        mib = float(getattr(shared.opts, "omost_refdrop_budget_mib", DEFAULT_BUDGET_MIB))
-    except Exception:
-        mib = DEFAULT_BUDGET_MIB
-    return int(mib * MIB)
+        return int(float(mib) * MIB)
+    except (TypeError, ValueError):
+        raise ValueError(f"the RefDrop memory budget setting ({BUDGET_SETTING}) is {mib!r}, not a number "
+                         f"of MiB") from None
 
 
 def get_reference(name: str):
@@ -76,7 +78,14 @@ def get_reference(name: str):
     mtime = os.path.getmtime(path)
     cached = _cache.get(name)
     if cached is None or cached[0] != mtime:
-        store, info = load_reference(path, budget_bytes=budget_bytes())
+        budget = budget_bytes()
+        try:
+            store, info = load_reference(path, budget_bytes=budget)
+        except ReferenceBudgetError:
+            raise ReferenceBudgetError(
+                f"the reference {name!r} ({refdrop.format_mib(os.path.getsize(path))} on disk) does not fit the "
+                f"RefDrop memory budget of {refdrop.format_mib(budget)}; raise the budget (Settings: "
+                f"{BUDGET_SETTING}) or save a smaller reference") from None
         _cache[name] = cached = (mtime, store, info)
     return cached[1], cached[2]
 
