@@ -175,7 +175,11 @@ class RefDropStage:
     def active(self, call: AttnCall) -> bool:
         if call.sigma is None or self.problems:
             return False
-        step = self.step_of(call.sigma)
+        try:
+            step = self.step_of(call.sigma)
+        except ValueError as e:     # a call outside the pass's schedule: stop, and say so, rather than raise
+            self.problems.append(f"cannot tell the sampling step of sigma {call.sigma:g} ({e})")
+            return False
         return step < self.steps_limit and (self.reference_steps is None or step in self.reference_steps)
 
     def __call__(self, q, k, v, call: AttnCall, inner):
