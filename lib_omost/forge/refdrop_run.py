@@ -1,8 +1,8 @@
 """RefDrop in the WebUI: named reference files, the in-memory cache, and the per-generation runner.
 
 References are safetensors files in ``<extension>/refdrop_references/`` (they survive restarts). The
-cache holds the references loaded or saved in this session (the explicit cache the architecture allows);
-a file changed on disk is reloaded.
+cache holds the reference used last (one: each may be as large as the memory budget), by file path; a file
+changed on disk is reloaded.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ BUDGET_SETTING = "Omost → 'RefDrop: memory budget of a saved reference (MiB)'"
 SAVE_ATTR = "omost_refdrop_save"            # the SaveJob of one generation, on p
 STAGES_ATTR = "omost_refdrop_stages"        # stages installed since the last batch's report, on p
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
-_cache: dict[str, tuple[float, ReferenceStore, object]] = {}
+_cache: dict[str, tuple[float, ReferenceStore, object]] = {}     # path -> (mtime, store, info)
 
 
 def references_dir() -> str:
@@ -50,7 +50,7 @@ def list_references() -> list[str]:
 
 def delete_reference(name: str) -> str:
     path = reference_path(name)
-    _cache.pop(name, None)
+    _cache.pop(path, None)
     if not os.path.exists(path):
         return f"no reference named {name!r}"
     os.remove(path)
@@ -76,8 +76,9 @@ def get_reference(name: str):
         raise FileNotFoundError(f"no RefDrop reference named {name!r} (saved references: {known}); "
                                 "run a generation in Save mode first")
     mtime = os.path.getmtime(path)
-    cached = _cache.get(name)
+    cached = _cache.get(path)
     if cached is None or cached[0] != mtime:
+        _cache.clear()          # one reference in memory at a time
         budget = budget_bytes()
         try:
             store, info = load_reference(path, budget_bytes=budget)
@@ -86,7 +87,7 @@ def get_reference(name: str):
                 f"the reference {name!r} ({refdrop.format_mib(os.path.getsize(path))} on disk) does not fit the "
                 f"RefDrop memory budget of {refdrop.format_mib(budget)}; raise the budget (Settings: "
                 f"{BUDGET_SETTING}) or save a smaller reference") from None
-        _cache[name] = cached = (mtime, store, info)
+        _cache[path] = cached = (mtime, store, info)
     return cached[1], cached[2]
 
 
@@ -211,6 +212,6 @@ def finish_refdrop(p) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     size = save_reference(job.store, path, model_family=job.family, resolution=(int(p.width), int(p.height)),
                           steps=job.steps)
-    _cache.pop(job.name, None)       # the next Use loads the new file
+    _cache.pop(path, None)       # the next Use loads the new file
     log.info("RefDrop: saved reference %r (%.1f MiB, %d entries) to %s", job.name, size / MIB,
              len(job.store.entries), path)
