@@ -1,0 +1,479 @@
+"""RefDrop end to end on the WebUI stand-in (both flavours): Save -> file -> Use, keys by step, batch and
+resolution changes, layer lists on SD1.5/SDXL, missing/foreign references, the memory budget, hires, and
+composition with Omost and Slothful (infotext, paste, API, xyz)."""
+
+import os
+
+import pytest
+import torch
+
+from lib_omost.attention.plan import AttnCall, LayerKey
+from lib_omost.attention.refdrop import (MIB, ReferenceStore, load_reference, refdrop_attention,
+                                         save_reference)
+from lib_omost.features import refdrop
+from tests.standin import harness
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TITLE = "RefDrop"
+SD15_LAYERS = 16
+SDXL_LAYERS = 70
+FP16 = {"rtol": 2e-3, "atol": 1e-3}      # stored references are fp16: equal computations agree within an ulp
+
+
+@pytest.fixture(scope="module", params=harness.FLAVOURS)
+def ui(request):
+    with harness.use_flavour(request.param):
+        webui = harness.start_webui([ROOT], family="sd15")
+        webui.flavour = request.param
+        yield webui
+
+
+@pytest.fixture
+def refs(ui, tmp_path, monkeypatch):
+    """The references folder of this test (empty); the sd15 model loaded; no reported errors at the end."""
+    from lib_omost.forge import refdrop_run
+    from modules import errors
+    folder = tmp_path / "refs"
+    monkeypatch.setenv("OMOST_REFDROP_DIR", str(folder))
+    monkeypatch.setattr(refdrop_run, "_cache", {})
+    errors.clear()
+    harness.load_model("sd15")
+    yield folder
+    assert harness.reported_errors() == []
+
+
+@pytest.fixture
+def blends(monkeypatch):
+    """(WebUI sampling step, rows, query tokens) of every RefDrop blend (the sampler's own step counter)."""
+    from modules import shared
+    seen = []
+    original = refdrop.refdrop_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append((shared.state.sampling_step, q.shape[0], q.shape[1]))
+        return original(q, *args, **kwargs)
+    monkeypatch.setattr(refdrop, "refdrop_attention", spy)
+    return seen
+
+
+def rd_args(ui, **values):
+    """Script args: UI defaults with the RefDrop accordion on and the given values (declaration names)."""
+    args = ui.ui_defaults()
+    script = ui.script(TITLE)
+    chosen = {**refdrop.FEATURE.defaults(), "enabled": True, **values}
+    args[script.args_from:script.args_to] = [chosen[name] for name in refdrop.FEATURE.arg_names]
+    return args
+
+
+def gen(ui, script_args=None, **kwargs):
+    kwargs = {"prompt": "a cat", "cfg_scale": 5, "steps": 2, **kwargs}
+    return ui.txt2img(script_args=script_args, **kwargs)
+
+
+def save(ui, name="ref", **kwargs):
+    values = {k: kwargs.pop(k) for k in list(kwargs) if k in refdrop.FEATURE.by_name}
+    return gen(ui, rd_args(ui, mode="Save", reference=name, **values), **kwargs)
+
+
+def use(ui, name="ref", c=0.5, **kwargs):
+    values = {k: kwargs.pop(k) for k in list(kwargs) if k in refdrop.FEATURE.by_name}
+    return gen(ui, rd_args(ui, mode="Use", reference=name, coefficient=c, **values), **kwargs)
+
+
+def stored(refs, name="ref"):
+    return load_reference(str(refs / f"{name}.safetensors"))
+
+
+def keys_of(store):
+    return set(store.entries)
+
+
+def labels_of(store):
+    return {layer for _, layer, _ in store.entries}
+
+
+def note(result):
+    return result.extra_generation_params.get("RefDrop note", "")
+
+
+# --- save -> file -> use ---------------------------------------------------------------------------------
+
+def test_save_survives_a_restart_and_use_reproduces_the_saved_image(ui, refs):
+    off = gen(ui)
+    saved = save(ui, keep_uncond=True)
+    assert torch.equal(saved.latents, off.latents)                   # Save records, it changes nothing
+    assert os.listdir(refs) == ["ref.safetensors"]
+    assert "RefDrop Mode: Save" in saved.infotexts[0] and note(saved) == ""
+    with harness.use_flavour(ui.flavour):                             # a restart: fresh modules, empty cache
+        from lib_omost.forge import refdrop_run
+        assert refdrop_run._cache == {}
+        fresh = harness.start_webui([ROOT], family="sd15")
+        zero = use(fresh, c=0.0)
+        # c = 1 with the save's own seed and prompt: Attn(q, k_ref, v_ref) with the reference = own K/V (fp16)
+        one = use(fresh, c=1.0)
+        assert harness.reported_errors() == []
+    assert torch.equal(zero.latents, off.latents)                     # c = 0 is bit-identical to off
+    assert note(zero) == note(one) == ""
+    error = (one.latents - saved.latents).abs().max()
+    assert 0 < error <= 2e-3 * saved.latents.abs().max()
+
+
+def test_positive_and_negative_coefficients_move_the_image_in_opposite_directions(ui, refs):
+    save(ui, keep_uncond=True)
+    other = {"prompt": "a dog", "seed": 2}
+    off = gen(ui, **other).latents
+    towards = (use(ui, c=0.02, **other).latents - off).flatten()
+    away = (use(ui, c=-0.02, **other).latents - off).flatten()
+    assert towards.norm() > 0 and away.norm() > 0
+    # the blend is linear in c at every layer: to first order the image moves by -delta for -c
+    assert torch.nn.functional.cosine_similarity(towards, away, dim=0) < -0.99
+
+
+# --- keys by step ------------------------------------------------------------------------------------------
+
+def test_keys_by_step_in_one_call_and_in_split_calls(ui, refs):
+    with harness.record_unet_calls() as calls:
+        save(ui, "one", steps=4)
+    assert [c.x_shape[0] for c in calls] == [2] * 4                       # cond + uncond in one call per step
+    with harness.force_split(1), harness.record_unet_calls() as calls:
+        save(ui, "split", steps=4)
+    assert [c.x_shape[0] for c in calls] == [1] * 8                       # cond and uncond in separate calls
+    one, info = stored(refs, "one")
+    split, _ = stored(refs, "split")
+    layers = {layer.label() for layer in _layers("sd15")}
+    expected = {(step, label, "cond") for step in range(4) for label in layers}
+    assert keys_of(one) == keys_of(split) == expected and len(layers) == SD15_LAYERS
+    assert info.steps == 4 and info.resolution == (64, 64) and info.model_family == "sd15"
+    for key in expected:
+        assert one.entries[key][0].shape[0] == 1
+        torch.testing.assert_close(one.entries[key][0], split.entries[key][0], **FP16)
+
+
+def _layers(family):
+    from lib_omost.attention.refdrop import attn1_layers
+    return [layer for layer, _, _ in attn1_layers(family, (8, 8))]
+
+
+def test_batch_two_stores_the_first_images_cond_row_and_keep_uncond_the_negative_one(ui, refs):
+    save(ui, "single", steps=2)
+    save(ui, "batch", steps=2, batch_size=2)
+    save(ui, "both", steps=2, keep_uncond=True)
+    single, _ = stored(refs, "single")
+    batch, _ = stored(refs, "batch")
+    both, _ = stored(refs, "both")
+    assert keys_of(batch) == keys_of(single)
+    for key, (k, v) in batch.entries.items():             # image 0 of the batch has the single run's seed
+        assert k.shape[0] == 1
+        torch.testing.assert_close(k, single.entries[key][0], **FP16)
+    assert {branch for _, _, branch in both.entries} == {"cond", "uncond"}
+    assert len(both.entries) == 2 * len(single.entries)
+    # the "uncond" row is the negative prompt's: at step 0 (same noise) it equals the cond row of a run
+    # whose prompt is that negative prompt; the "cond" row is the prompt's
+    save(ui, "negative", steps=2, prompt="", negative_prompt="a cat")
+    negative, _ = stored(refs, "negative")
+    late = "output:11:0"                                     # after cross-attention: the prompts differ there
+    torch.testing.assert_close(both.get(0, late, "uncond")[0], negative.get(0, late, "cond")[0], **FP16)
+    assert not torch.allclose(both.get(0, late, "cond")[0], both.get(0, late, "uncond")[0], atol=1e-2)
+
+
+def test_save_percentage_records_and_blends_only_the_first_steps(ui, refs, blends):
+    save(ui, "half", steps=4, save_percent=50)
+    half, info = stored(refs, "half")
+    assert half.steps() == [0, 1] and info.steps == 4
+    result = use(ui, "half", steps=4, save_percent=50)
+    assert note(result) == ""
+    assert {step for step, _, _ in blends} == {0, 1}
+    # used with 100 %: blends where the reference has entries and says which steps ran without
+    blends.clear()
+    save(ui, "full", steps=4)
+    full_result = use(ui, "half", steps=4, save_percent=100)
+    assert {step for step, _, _ in blends} == {0, 1}
+    assert "holds steps 0-1 (of 4); steps 2-3 run without RefDrop" in full_result.infotexts[0]
+    assert not torch.equal(full_result.latents, use(ui, "full", steps=4).latents)
+
+
+# --- batch size and resolution ------------------------------------------------------------------------------
+
+def test_batch_one_reference_is_broadcast_to_batch_three(ui, refs, blends):
+    saved = save(ui, keep_uncond=True)
+    off = gen(ui, batch_size=3)
+    result = use(ui, c=1.0, batch_size=3)
+    assert note(result) == "" and {rows for _, rows, _ in blends} == {6}       # 3 cond + 3 uncond rows
+    assert all(not torch.equal(result.latents[i], off.latents[i]) for i in range(3))
+    # image 0 has the save's seed: with c = 1 it reproduces the saved image as in batch 1
+    assert (result.latents[0] - saved.latents[0]).abs().max() <= 2e-3 * saved.latents.abs().max()
+
+
+def test_reference_saved_at_64x64_used_at_96x64(ui, refs, blends):
+    save(ui)
+    off = gen(ui, width=96, height=64)
+    result = use(ui, width=96, height=64)
+    assert note(result) == "" and blends
+    assert max(tokens for _, _, tokens in blends) == 12 * 8                   # the query grid of 96x64
+    assert not torch.equal(result.latents, off.latents)
+
+
+# --- layers ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family, disabled, physical", [
+    ("sd15", "input:0-1, middle:0, output:3", {"input:1:0", "input:2:0", "middle:0:0", "output:6:0"}),
+    ("sdxl", "input:2, input:4, middle:9, output:30-31, output:35",
+     {"input:5:0", "input:7:0", "middle:0:9", "output:3:0", "output:3:1", "output:5:1"}),
+])
+def test_disabled_layers_map_to_physical_blocks(ui, refs, family, disabled, physical):
+    harness.load_model(family)
+    everything = {layer.label() for layer in _layers(family)}
+    assert len(everything) == {"sd15": SD15_LAYERS, "sdxl": SDXL_LAYERS}[family]
+    result = save(ui, "some", steps=1, disabled_layers=disabled)
+    assert note(result) == ""
+    assert labels_of(stored(refs, "some")[0]) == everything - physical
+    save(ui, "groups", steps=1, input=False, output=False)
+    assert {label.split(":")[0] for label in labels_of(stored(refs, "groups")[0])} == {"middle"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("output:9", "'output:9': output has indices 0-8 on this model"),
+    ("middle:0-1", "middle has indices 0-0"),
+    ("outputs:1", "is not group:index or group:first-last (groups: input, middle, output)"),
+])
+def test_a_bad_layer_list_is_reported_and_refdrop_does_not_run(ui, refs, bad, message):
+    off = gen(ui)
+    result = save(ui, disabled_layers=bad)
+    assert message in note(result) and "RefDrop did not run" in note(result)
+    assert "RefDrop note:" in result.infotexts[0] and not refs.exists()
+    save(ui)
+    used = use(ui, disabled_layers=bad)
+    assert message in note(used) and torch.equal(used.latents, off.latents)
+
+
+# --- missing and foreign references -------------------------------------------------------------------------
+
+def test_missing_reference_lists_the_saved_ones_and_generation_continues(ui, refs):
+    off = gen(ui)
+    save(ui, "alpha", steps=1)
+    save(ui, "beta", steps=1)
+    result = use(ui, "gamma")
+    assert torch.equal(result.latents, off.latents)
+    assert "no RefDrop reference named 'gamma' (saved references: alpha, beta)" in note(result)
+    assert "RefDrop did not run" in result.infotexts[0]
+
+
+def test_sdxl_reference_used_with_sd15_is_refused_with_a_family_message(ui, refs):
+    harness.load_model("sdxl")
+    save(ui, "xl", steps=1)
+    harness.load_model("sd15")
+    off = gen(ui)
+    result = use(ui, "xl")
+    assert torch.equal(result.latents, off.latents)
+    assert "saved with a sdxl model, but the model in use is sd15" in note(result)
+    assert "RefDrop did not run" in result.infotexts[0]
+
+
+def test_a_reference_without_some_layers_runs_on_the_others_and_says_so(ui, refs, blends):
+    save(ui, "outputs", input=False, middle=False)
+    result = use(ui, "outputs")
+    assert "holds no entries for the selected layers input:0-5, middle:0; they run without RefDrop" in note(result)
+    assert len(blends) == 2 * 9                          # 2 steps x the 9 output layers
+    assert "RefDrop note:" in result.infotexts[0]
+
+
+def test_a_key_missing_mid_run_stops_refdrop_and_the_infotext_says_so(ui, refs):
+    save(ui, steps=2)
+    full, info = stored(refs)
+    del full.entries[(1, "output:9:0", "cond")]
+    save_reference(full, str(refs / "holed.safetensors"), model_family="sd15", resolution=(64, 64), steps=2)
+    result = use(ui, "holed")
+    assert "no entry for step 1, layer output:9:0" in result.infotexts[0]
+    assert "RefDrop stopped there and the rest of this pass ran without it" in result.infotexts[0]
+
+
+# --- memory budget -------------------------------------------------------------------------------------------
+
+def test_a_save_over_the_budget_is_refused_before_sampling_with_a_clear_message(ui, refs, monkeypatch):
+    from modules import shared
+    off = gen(ui)
+    monkeypatch.setitem(shared.opts.data, "omost_refdrop_budget_mib", 0.01)
+    result = save(ui)
+    assert torch.equal(result.latents, off.latents) and not refs.exists()
+    message = note(result)
+    assert "above the RefDrop memory budget of 0.01 MiB" in message
+    assert "RefDrop: memory budget of a saved reference (MiB)" in message and "lower the save percentage" in message
+    assert "RefDrop did not run" in result.infotexts[0]
+
+
+def test_the_budget_estimate_is_exactly_what_is_stored(ui, refs, monkeypatch):
+    from lib_omost.forge import refdrop_run
+    save(ui, "probe", steps=2, keep_uncond=True)
+    probe, _ = stored(refs, "probe")
+    needed = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in probe.entries.values())
+    assert needed == probe.nbytes
+    monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: needed)
+    assert note(save(ui, "fits", steps=2, keep_uncond=True)) == "" and (refs / "fits.safetensors").exists()
+    monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: needed - 1)
+    assert "needs" in note(save(ui, "over", steps=2, keep_uncond=True))
+    assert not (refs / "over.safetensors").exists()
+
+
+def test_a_budget_hit_while_recording_writes_no_partial_file(ui, refs, monkeypatch):
+    """The safety net behind the estimate: the store's own budget check during sampling."""
+    from lib_omost.forge import refdrop_run
+    monkeypatch.setattr(refdrop, "save_bytes", lambda *args: 0)          # an estimate that is too low
+    monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: MIB // 100)
+    result = save(ui)
+    text = result.infotexts[0]
+    assert "above the memory budget" in text and "recording stopped and the reference 'ref' is not saved" in text
+    assert not refs.exists() or os.listdir(refs) == []
+
+
+def test_a_reference_larger_than_the_budget_is_not_loaded(ui, refs, monkeypatch):
+    from lib_omost.forge import refdrop_run
+    save(ui)
+    off = gen(ui)
+    monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: 1000)
+    result = use(ui)
+    assert torch.equal(result.latents, off.latents)
+    assert "the reference 'ref'" in note(result) and "does not fit the RefDrop memory budget" in note(result)
+    assert "RefDrop did not run" in note(result)
+
+
+# --- hires ---------------------------------------------------------------------------------------------------
+
+HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2}
+
+
+def test_hires_save_records_the_first_pass_and_use_follows_the_hires_switch(ui, refs, blends):
+    save(ui, **HIRES)
+    store, info = stored(refs)
+    assert info.resolution == (64, 64) and store.steps() == [0, 1]
+    assert store.get(0, "input:1:0", "cond")[0].shape[1] == 8 * 8                # the first pass's tokens only
+    off = use(ui, **HIRES)
+    assert note(off) == "" and {tokens for _, _, tokens in blends if tokens > 64} == set()
+    blends.clear()
+    on = use(ui, hires_pass=True, **HIRES)
+    assert note(on) == "" and max(tokens for _, _, tokens in blends) == 12 * 12     # the 96x96 hires pass too
+    assert not torch.equal(on.latents, off.latents)
+
+
+# --- composition, infotext, paste, API, xyz -----------------------------------------------------------------
+
+def test_use_with_omost_and_slothful_in_one_generation(ui, refs, blends):
+    save(ui, steps=2)
+    args = rd_args(ui, mode="Use", reference="ref", coefficient=0.4, save_percent=50, middle=False,
+                   disabled_layers="output:0-1", hires_pass=True)
+    for title in ("Omost", "Slothful / Near-sighted attention"):
+        script = ui.script(title)
+        args[script.args_from] = True
+    without = list(args)
+    without[ui.script(TITLE).args_from] = False
+    plain = gen(ui, without)
+    result = gen(ui, args)
+    assert "Omost Method" in result.infotexts[0] and "Slothful / Near-sighted attention" in result.infotexts[0]
+    assert blends and {step for step, _, _ in blends} == {0} and not torch.equal(result.latents, plain.latents)
+    assert note(result) == ""
+    values = {**refdrop.FEATURE.defaults(), "enabled": True, "mode": "Use", "reference": "ref",
+              "coefficient": 0.4, "save_percent": 50.0, "middle": False, "disabled_layers": "output:0-1",
+              "hires_pass": True}
+    from modules.infotext_utils import quote
+    text = result.infotexts[0]
+    for key, value in refdrop.FEATURE.to_infotext(values).items():
+        assert f"{key}: {quote(value)}," in text
+    script = ui.script(TITLE)
+    pasted = ui.paste(text)
+    components = ui.runner().inputs[script.args_from:script.args_to]
+    assert [pasted.get(c) for c in components] == [values[name] for name in refdrop.FEATURE.arg_names]
+    api = ui.api_txt2img({"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1, "cfg_scale": 5,
+                          "alwayson_scripts": {TITLE: {"args": [values[n] for n in refdrop.FEATURE.arg_names]},
+                                               "Omost": {"args": [True]},
+                                               "Slothful / Near-sighted attention": {"args": [True]}}})
+    assert torch.equal(api.latents, result.latents)
+
+
+def test_xyz_axes_for_coefficient_save_percentage_and_reference(ui, refs):
+    save(ui, "first", steps=2)
+    save(ui, "second", steps=2, seed=7, prompt="a dog")
+    xyz = ui.runner().selectable_scripts[0]
+    labels = [o.label for o in xyz.current_axis_options]
+    for label in ("[RefDrop] Coefficient", "[RefDrop] Save percentage", "[RefDrop] Reference"):
+        assert label in labels
+    args = ui.ui_defaults()
+    args[0] = ui.runner().selectable_scripts.index(xyz) + 1
+    axis = labels.index("[RefDrop] Reference")
+    args[xyz.args_from:xyz.args_to] = [axis, "first, second", None, 0, "", None, 0, "", None, True, False, False,
+                                       False, False, False, False, 0, False]
+    script = ui.script(TITLE)
+    args[script.args_from:script.args_from + 3] = [True, "Use", 0.5]
+    p = ui.make_p(script_args=args, prompt="a cat", cfg_scale=5)
+    grid = ui.runner().run(p, *p.script_args)
+    cells = [grid.cells[(i, 0, 0)] for i in range(2)]
+    assert "RefDrop Reference: first" in cells[0].infotexts[0] and "RefDrop Reference: second" in cells[1].infotexts[0]
+    assert torch.equal(cells[0].latents, use(ui, "first").latents)
+    assert torch.equal(cells[1].latents, use(ui, "second").latents)
+    assert not torch.equal(cells[0].latents, cells[1].latents)
+
+
+# --- reference management --------------------------------------------------------------------------------------
+
+def test_list_delete_and_the_one_reference_cache(ui, refs):
+    from lib_omost.forge import refdrop_run, refdrop_ui
+    save(ui, "alpha", steps=1)
+    save(ui, "beta", steps=1, seed=3)
+    assert refdrop_ui._listing() == "Saved references: `alpha`, `beta`"
+    first = use(ui, "alpha", steps=1)
+    assert list(refdrop_run._cache) == [str(refs / "alpha.safetensors")]
+    use(ui, "beta", steps=1)
+    assert list(refdrop_run._cache) == [str(refs / "beta.safetensors")]          # one reference in memory
+    save(ui, "alpha", steps=1, seed=5)                                            # overwritten: used afresh
+    assert not torch.equal(use(ui, "alpha", steps=1).latents, first.latents)
+    assert refdrop_ui._delete("alpha") == "deleted reference 'alpha'" and os.listdir(refs) == ["beta.safetensors"]
+    assert refdrop_ui._delete("alpha") == "no reference named 'alpha'"
+    assert "reference name '../beta'" in refdrop_ui._delete("../beta") and os.listdir(refs) == ["beta.safetensors"]
+    assert "no RefDrop reference named 'alpha' (saved references: beta)" in note(use(ui, "alpha", steps=1))
+
+
+def test_the_ui_help_shows_the_index_tables_of_both_families():
+    from lib_omost.forge.refdrop_ui import layer_index_help
+    text = layer_index_help()
+    for line in ("input:0 = input block 1, transformer 0", "output:3 = output block 6, transformer 0",
+                 "input:4 = input block 7, transformer 0", "middle:9 = middle block 0, transformer 9",
+                 "output:30 = output block 3, transformer 0", "output:35 = output block 5, transformer 1"):
+        assert line in text
+    assert text.count("middle:0 =") == 2
+
+
+# --- the stage's per-step device cache ------------------------------------------------------------------------
+
+def test_stage_moves_references_once_per_step_and_gives_the_same_result():
+    torch.manual_seed(0)
+    layer = LayerKey("input", 1, 0)
+    store = ReferenceStore(keep_uncond=True)
+    for step in range(2):
+        store.record(step, layer, torch.randn(2, 6, 8), torch.randn(2, 6, 8), [1], [0])
+    stage = refdrop.RefDropStage(refdrop.USE, {layer}, store, lambda sigma: int(sigma), 2, 0.3)
+
+    def inner(q, k, v, call):
+        return refdrop_attention(q, k, v, None, None, call.heads, 0.0)
+    q, k, v = (torch.randn(2, 4, 8, dtype=torch.float64) for _ in range(3))
+    for step, rows in ((0, ([1], [0])), (0, ([0], [])), (0, ([], [0])), (1, ([1], [0]))):   # one call, split
+        batch = len(rows[0]) + len(rows[1])
+        call = AttnCall(layer, 2, (2, 2), (2, 2), rows[0], rows[1], torch.tensor([float(step)]))
+        out = stage(q[:batch], k[:batch], v[:batch], call, inner)
+        k_ref, v_ref = store.for_rows(step, layer, rows[0], rows[1], batch)
+        assert torch.equal(out, refdrop_attention(q[:batch], k[:batch], v[:batch], k_ref, v_ref, 2, 0.3))
+        moved = stage.step_references(step, layer, q)
+        assert {key[0] for key in moved.entries} == {step}                   # the previous step is dropped
+        assert all(x.dtype == torch.float64 for pair in moved.entries.values() for x in pair)
+    first = stage.step_references(1, layer, q).entries[(1, "input:1:0", "cond")][0]
+    assert stage.step_references(1, layer, q).entries[(1, "input:1:0", "cond")][0] is first   # moved once
+
+
+def test_stage_outside_the_schedule_stops_with_a_problem_instead_of_raising():
+    layer = LayerKey("input", 1, 0)
+    store = ReferenceStore()
+    store.record(0, layer, torch.randn(1, 4, 8), torch.randn(1, 4, 8), [0])
+
+    def step_of(sigma):
+        raise ValueError("sigma above the schedule")
+    stage = refdrop.RefDropStage(refdrop.USE, {layer}, store, step_of, 1, 0.5)
+    call = AttnCall(layer, 2, (2, 2), (2, 2), [0], [], torch.tensor([20.0]))
+    assert stage.active(call) is False
+    assert stage.problems == ["cannot tell the sampling step of sigma 20 (sigma above the schedule)"]
