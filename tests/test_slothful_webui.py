@@ -16,14 +16,15 @@ from tests.standin import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A test-only extension, loaded before ours: a probe replace on every attn1 layer (recording what it gets),
-# and fixed noise (so that two seeds can share one starting noise).
+# A test-only extension, loaded before ours (tests/test_hidiffusion_webui.py uses it too): a probe replace on
+# every attn1 layer (recording what it gets), fixed noise (so that two seeds can share one starting noise),
+# and a stand-in for an active ControlNet (a non-empty controlnet_linked_list on the patcher).
 HELPER = textwrap.dedent('''
     import torch
     from modules import scripts
     from lib_omost.forge.webui import attention_function, attention_layers
 
-    STATE = {"probe": False, "noise_seed": None}
+    STATE = {"probe": False, "noise_seed": None, "controlnet": False}
     LOG = []
 
 
@@ -40,20 +41,24 @@ HELPER = textwrap.dedent('''
             if STATE["noise_seed"] is not None:
                 shape = kwargs["noise"].shape
                 p.modified_noise = torch.randn(shape, generator=torch.Generator().manual_seed(STATE["noise_seed"]))
-            if not STATE["probe"]:
+            if not (STATE["probe"] or STATE["controlnet"]):
                 return
             unet = p.sd_model.forge_objects.unet.clone()
+            p.sd_model.forge_objects.unet = unet
+            if STATE["controlnet"]:
+                unet.controlnet_linked_list = object()
+            if not STATE["probe"]:
+                return
             attention = attention_function()
 
             def probe(q, k, v, extra_options):
                 block = extra_options["block"]
                 LOG.append({"layer": (block[0], int(block[1]), int(extra_options.get("block_index", 0))),
                             "q": q.shape[1], "k": k.shape[1], "sigma": float(extra_options["sigmas"].max()),
-                            "latent": tuple(extra_options["original_shape"][-2:])})
+                            "latent": tuple(extra_options["original_shape"][-2:]), "hr": bool(p.is_hr_pass)})
                 return attention(q, k, v, extra_options["n_heads"], extra_options)
             for layer in attention_layers(unet):
                 unet.set_model_attn1_replace(probe, layer.block, layer.number, layer.index)
-            p.sd_model.forge_objects.unet = unet
 ''')
 
 
@@ -75,7 +80,7 @@ def fresh(request):
         webui = request.getfixturevalue("ui")
         from modules import errors
         errors.clear()
-        webui.helper.STATE.update(probe=False, noise_seed=None)
+        webui.helper.STATE.update(probe=False, noise_seed=None, controlnet=False)
         webui.helper.LOG.clear()
     yield
 
