@@ -286,4 +286,7 @@ def test_controlnet_skips_raunet_and_ca_with_a_message(ui, family):
     assert {e["layer"] for e in log if e["sigma"] == first} == set(model_facts(family)["channels"])
     assert {e["layer"] for e in log if e["sigma"] == last} == set(model_facts(family)["channels"]) - msw_layers(family)
     assert torch.equal(result.latents, only_msw.latents)
+    nothing = generate(ui, family, hidiff(ui, resolution="ultra", msw_msa=False), **size)
+    assert nothing.extra_generation_params["HiDiffusion applied"] == (
+        "nothing (RAU-Net and CA skipped because ControlNet is active)")
     assert harness.reported_errors() == []

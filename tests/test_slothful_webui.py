@@ -156,6 +156,21 @@ def test_every_mode_changes_the_image_on_both_families(ui, monkeypatch):
     assert harness.reported_errors() == []
 
 
+def test_near_sighted_without_tiles_is_slothful_through_the_inner_attention(ui):
+    """64 x 64 px: no map is larger than a 16-token tile, so Near-sighted attention only reduces K/V, exactly as
+    Slothful does, and every call still reaches the inner attention (here the probe replace)."""
+    side = dict(in_slothful=8.0, out_slothful=8.0, base_tile=16, peak_tile=16)
+    for family in ("sd15", "sdxl"):
+        sloth = generate(ui, family, feature_args(ui, slothful=dict(mode=slothful.SLOTHFUL, **side))).latents
+        near, log = probe_run(ui, family, feature_args(ui, slothful=dict(mode=slothful.NEAR_SIGHTED, **side)))
+        assert torch.equal(near.latents, sloth)
+        facts = model_facts(family)
+        assert {e["layer"] for e in log} == set(facts["channels"])
+        assert all(e["k"] == expected_k(e, {"input": 8.0, "output": 8.0}, **facts) for e in log)
+        assert any(e["k"] < e["q"] for e in log)
+    assert harness.reported_errors() == []
+
+
 def test_slothful_zero_everywhere_is_bit_identical_to_off(ui):
     for family in ("sd15", "sdxl"):
         off = generate(ui, family).latents
