@@ -193,7 +193,8 @@ def test_xyz_plot_over_the_api_with_our_axes(log_mark):
     labels = next(a["choices"] for a in xyz["args"] if a["label"] == "X type")
     x = labels.index("[Slothful / Near-sighted attention] Input slothful")
     y = labels.index("[HiDiffusion] MSW-MSA start")
-    args = [x, "0, 8", [], y, "0, 1", [], 0, "", [], True, False, False, False, False, False, False, 0, False]
+    # include_lone_images on: the API then returns the grid first and every cell after it
+    args = [x, "0, 8", [], y, "0, 1", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
     out = call("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": args})
     cells = [base64.b64decode(i) for i in out["images"][1:]]           # first image is the grid
     infos = json.loads(out["info"])["infotexts"][1:]
