@@ -95,6 +95,12 @@ def index_ranges(indices) -> list[str]:
     return [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
 
 
+def describe_steps(steps) -> str:
+    """"step 3" or "steps 0-1, 5"."""
+    runs = index_ranges(steps)
+    return f"step{'s' if len(runs) > 1 or '-' in runs[0] else ''} {', '.join(runs)}"
+
+
 def layer_ranges(chosen, layers) -> str:
     """``chosen`` in the disabled-list notation ("input:0-5, output:3"), indices as in ``group_layers``."""
     return ", ".join(f"{group}:{run}" for group, members in group_layers(layers).items()
@@ -142,7 +148,9 @@ class RefDropStage:
     step_of: Callable[[float], int]
     steps_limit: int
     coefficient: float = 0.0
+    reference: str = ""                                 # the reference's name, for messages
     problems: list = field(default_factory=list)       # filled at run time; reported in the infotext
+    steps_without_reference: set = field(default_factory=set)   # Use: sampled steps the reference lacks
     name: str = "RefDrop"
     target: str = ATTN1
     order: int = 10
@@ -180,7 +188,12 @@ class RefDropStage:
         except ValueError as e:     # a call outside the pass's schedule: stop, and say so, rather than raise
             self.problems.append(f"cannot tell the sampling step of sigma {call.sigma:g} ({e})")
             return False
-        return step < self.steps_limit and (self.reference_steps is None or step in self.reference_steps)
+        if step >= self.steps_limit:
+            return False
+        if self.reference_steps is not None and step not in self.reference_steps:
+            self.steps_without_reference.add(step)
+            return False
+        return True
 
     def __call__(self, q, k, v, call: AttnCall, inner):
         step = self.step_of(call.sigma)

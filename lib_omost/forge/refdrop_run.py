@@ -168,13 +168,8 @@ def run_refdrop(p, args) -> None:
                 report_problem(p, feature, f"the reference {name!r} holds no entries for the selected layers "
                                            f"{refdrop.layer_ranges(layers - held, info.layers)}; they run "
                                            f"without RefDrop")
-            stage = refdrop.RefDropStage(refdrop.USE, held, store, step_of, limit, values["coefficient"])
-            absent = set(range(limit)) - stage.reference_steps
-            if absent:
-                report_problem(p, feature, f"the reference {name!r} holds steps "
-                                           f"{', '.join(refdrop.index_ranges(stage.reference_steps))} (of "
-                                           f"{ref_info.steps}); steps {', '.join(refdrop.index_ranges(absent))} "
-                                           f"run without RefDrop")
+            stage = refdrop.RefDropStage(refdrop.USE, held, store, step_of, limit, values["coefficient"],
+                                         reference=name)
     except (ValueError, FileNotFoundError, ReferenceMismatchError, ReferenceBudgetError) as e:
         report_problem(p, feature, f"{e}; RefDrop did not run")
         return
@@ -188,6 +183,11 @@ def report_batch(p) -> None:
     setattr(p, STAGES_ATTR, [])
     job = getattr(p, SAVE_ATTR, None)
     for stage in stages:
+        if stage.steps_without_reference:
+            report_problem(p, refdrop.FEATURE, f"the reference {stage.reference!r} holds "
+                                               f"{refdrop.describe_steps(stage.reference_steps)}; "
+                                               f"{refdrop.describe_steps(stage.steps_without_reference)} ran "
+                                               f"without RefDrop")
         if not stage.problems:
             continue
         if stage.mode == refdrop.SAVE:
