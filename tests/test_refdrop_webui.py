@@ -119,8 +119,8 @@ def test_save_survives_a_restart_and_use_reproduces_the_saved_image(ui, refs):
 
 
 def test_positive_and_negative_coefficients_move_the_image_in_opposite_directions(ui, refs):
-    save(ui, keep_uncond=True)
-    other = {"prompt": "a dog", "seed": 2}
+    save(ui, keep_uncond=True, steps=1)
+    other = {"prompt": "a dog", "seed": 2, "steps": 1}
     off = gen(ui, **other).latents
     towards = (use(ui, c=0.02, **other).latents - off).flatten()
     away = (use(ui, c=-0.02, **other).latents - off).flatten()
@@ -155,9 +155,9 @@ def _layers(family):
 
 
 def test_batch_two_stores_the_first_images_cond_row_and_keep_uncond_the_negative_one(ui, refs):
-    save(ui, "single", steps=2)
-    save(ui, "batch", steps=2, batch_size=2)
-    save(ui, "both", steps=2, keep_uncond=True)
+    save(ui, "single", steps=1)
+    save(ui, "batch", steps=1, batch_size=2)
+    save(ui, "both", steps=1, keep_uncond=True)
     single, _ = stored(refs, "single")
     batch, _ = stored(refs, "batch")
     both, _ = stored(refs, "both")
@@ -169,7 +169,7 @@ def test_batch_two_stores_the_first_images_cond_row_and_keep_uncond_the_negative
     assert len(both.entries) == 2 * len(single.entries)
     # the "uncond" row is the negative prompt's: at step 0 (same noise) it equals the cond row of a run
     # whose prompt is that negative prompt; the "cond" row is the prompt's
-    save(ui, "negative", steps=2, prompt="", negative_prompt="a cat")
+    save(ui, "negative", steps=1, prompt="", negative_prompt="a cat")
     negative, _ = stored(refs, "negative")
     late = "output:11:0"                                     # after cross-attention: the prompts differ there
     torch.testing.assert_close(both.get(0, late, "uncond")[0], negative.get(0, late, "cond")[0], **FP16)
@@ -188,8 +188,22 @@ def test_save_percentage_records_and_blends_only_the_first_steps(ui, refs, blend
     save(ui, "full", steps=4)
     full_result = use(ui, "half", steps=4, save_percent=100)
     assert {step for step, _, _ in blends} == {0, 1}
-    assert "holds steps 0-1 (of 4); steps 2-3 run without RefDrop" in full_result.infotexts[0]
+    assert "the reference 'half' holds steps 0-1; steps 2-3 ran without RefDrop" in full_result.infotexts[0]
     assert not torch.equal(full_result.latents, use(ui, "full", steps=4).latents)
+
+
+def test_img2img_counts_steps_in_the_full_schedule_and_notes_only_steps_that_ran(ui, refs):
+    values = {"enabled": True, **{k: v for k, v in refdrop.FEATURE.defaults().items() if k != "enabled"}}
+    script = ui.script(TITLE, "img2img")
+
+    def img2img(**chosen):
+        args = ui.ui_defaults("img2img")
+        args[script.args_from:script.args_to] = [{**values, **chosen}[n] for n in refdrop.FEATURE.arg_names]
+        return ui.img2img(args, prompt="a cat", cfg_scale=5, steps=4, denoising_strength=0.5)
+    img2img(mode="Save", reference="i2i")
+    assert stored(refs, "i2i")[0].steps() == [1, 2, 3]           # strength 0.5 of 4 steps: the last 3 run
+    assert note(img2img(mode="Use", reference="i2i")) == ""
+    assert note(use(ui, "i2i", steps=4)) == "the reference 'i2i' holds steps 1-3; step 0 ran without RefDrop"
 
 
 # --- batch size and resolution ------------------------------------------------------------------------------
@@ -205,9 +219,9 @@ def test_batch_one_reference_is_broadcast_to_batch_three(ui, refs, blends):
 
 
 def test_reference_saved_at_64x64_used_at_96x64(ui, refs, blends):
-    save(ui)
-    off = gen(ui, width=96, height=64)
-    result = use(ui, width=96, height=64)
+    save(ui, steps=1)
+    off = gen(ui, width=96, height=64, steps=1)
+    result = use(ui, width=96, height=64, steps=1)
     assert note(result) == "" and blends
     assert max(tokens for _, _, tokens in blends) == 12 * 8                   # the query grid of 96x64
     assert not torch.equal(result.latents, off.latents)
@@ -231,28 +245,32 @@ def test_disabled_layers_map_to_physical_blocks(ui, refs, family, disabled, phys
     assert {label.split(":")[0] for label in labels_of(stored(refs, "groups")[0])} == {"middle"}
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("output:9", "'output:9': output has indices 0-8 on this model"),
-    ("middle:0-1", "middle has indices 0-0"),
-    ("outputs:1", "is not group:index or group:first-last (groups: input, middle, output)"),
-])
-def test_a_bad_layer_list_is_reported_and_refdrop_does_not_run(ui, refs, bad, message):
-    off = gen(ui)
-    result = save(ui, disabled_layers=bad)
-    assert message in note(result) and "RefDrop did not run" in note(result)
+BAD_LISTS = {
+    "output:9": "'output:9': output has indices 0-8 on this model",
+    "middle:0-1": "middle has indices 0-0",
+    "outputs:1": "is not group:index or group:first-last (groups: input, middle, output)",
+}
+
+
+def test_a_bad_layer_list_is_reported_and_refdrop_does_not_run(ui, refs):
+    off = gen(ui, steps=1)
+    result = save(ui, disabled_layers="output:9", steps=1)
+    assert BAD_LISTS["output:9"] in note(result) and "RefDrop did not run" in note(result)
     assert "RefDrop note:" in result.infotexts[0] and not refs.exists()
-    save(ui)
-    used = use(ui, disabled_layers=bad)
-    assert message in note(used) and torch.equal(used.latents, off.latents)
+    save(ui, steps=1)
+    for bad, message in BAD_LISTS.items():
+        used = use(ui, disabled_layers=bad, steps=1)
+        assert message in note(used) and "RefDrop did not run" in note(used)
+        assert torch.equal(used.latents, off.latents)
 
 
 # --- missing and foreign references -------------------------------------------------------------------------
 
 def test_missing_reference_lists_the_saved_ones_and_generation_continues(ui, refs):
-    off = gen(ui)
+    off = gen(ui, steps=1)
     save(ui, "alpha", steps=1)
     save(ui, "beta", steps=1)
-    result = use(ui, "gamma")
+    result = use(ui, "gamma", steps=1)
     assert torch.equal(result.latents, off.latents)
     assert "no RefDrop reference named 'gamma' (saved references: alpha, beta)" in note(result)
     assert "RefDrop did not run" in result.infotexts[0]
@@ -262,8 +280,8 @@ def test_sdxl_reference_used_with_sd15_is_refused_with_a_family_message(ui, refs
     harness.load_model("sdxl")
     save(ui, "xl", steps=1)
     harness.load_model("sd15")
-    off = gen(ui)
-    result = use(ui, "xl")
+    off = gen(ui, steps=1)
+    result = use(ui, "xl", steps=1)
     assert torch.equal(result.latents, off.latents)
     assert "saved with a sdxl model, but the model in use is sd15" in note(result)
     assert "RefDrop did not run" in result.infotexts[0]
@@ -291,9 +309,9 @@ def test_a_key_missing_mid_run_stops_refdrop_and_the_infotext_says_so(ui, refs):
 
 def test_a_save_over_the_budget_is_refused_before_sampling_with_a_clear_message(ui, refs, monkeypatch):
     from modules import shared
-    off = gen(ui)
+    off = gen(ui, steps=1)
     monkeypatch.setitem(shared.opts.data, "omost_refdrop_budget_mib", 0.01)
-    result = save(ui)
+    result = save(ui, steps=1)
     assert torch.equal(result.latents, off.latents) and not refs.exists()
     message = note(result)
     assert "above the RefDrop memory budget of 0.01 MiB" in message
@@ -319,7 +337,7 @@ def test_a_budget_hit_while_recording_writes_no_partial_file(ui, refs, monkeypat
     from lib_omost.forge import refdrop_run
     monkeypatch.setattr(refdrop, "save_bytes", lambda *args: 0)          # an estimate that is too low
     monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: MIB // 100)
-    result = save(ui)
+    result = save(ui, steps=1)
     text = result.infotexts[0]
     assert "above the memory budget" in text and "recording stopped and the reference 'ref' is not saved" in text
     assert not refs.exists() or os.listdir(refs) == []
@@ -327,10 +345,10 @@ def test_a_budget_hit_while_recording_writes_no_partial_file(ui, refs, monkeypat
 
 def test_a_reference_larger_than_the_budget_is_not_loaded(ui, refs, monkeypatch):
     from lib_omost.forge import refdrop_run
-    save(ui)
-    off = gen(ui)
+    save(ui, steps=1)
+    off = gen(ui, steps=1)
     monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: 1000)
-    result = use(ui)
+    result = use(ui, steps=1)
     assert torch.equal(result.latents, off.latents)
     assert "the reference 'ref'" in note(result) and "does not fit the RefDrop memory budget" in note(result)
     assert "RefDrop did not run" in note(result)
