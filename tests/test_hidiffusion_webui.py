@@ -3,7 +3,6 @@ sizes with the attention grids each layer really sees (probe replace from the te
 tests/test_slothful_webui.py), the infotext, advanced-mode validation, time windows, seeded MSW-MSA shifts,
 off after on, hires fix, the reForge upscale note and ControlNet."""
 
-import os
 
 import pytest
 import torch
@@ -11,7 +10,14 @@ import torch
 from lib_omost.features import hidiffusion
 from lib_omost.unet.raunet import DOWNSAMPLE_PAIRS, INPUT_BLOCKS, PRESETS
 from tests.standin import harness
-from tests.test_slothful_webui import HELPER, ROOT, feature_args, generate, model_facts, probe_run
+from tests.test_slothful_webui import (
+    HELPER,
+    ROOT,
+    feature_args,
+    generate,
+    model_facts,
+    probe_run,
+)
 
 TITLE = "HiDiffusion"
 
@@ -24,7 +30,7 @@ def ui(request, tmp_path_factory):
     with harness.use_flavour(request.param):
         webui = harness.start_webui([str(ext), ROOT])
         webui.flavour = request.param
-        webui.helper = [d.module for d in webui.scripts.scripts_data if d.script_class.__name__ == "TestHelper"][0]
+        webui.helper = next(d.module for d in webui.scripts.scripts_data if d.script_class.__name__ == "TestHelper")
         yield webui
 
 

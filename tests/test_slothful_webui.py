@@ -70,7 +70,7 @@ def ui(request, tmp_path_factory):
     with harness.use_flavour(request.param):
         webui = harness.start_webui([str(ext), ROOT])
         webui.flavour = request.param
-        webui.helper = [d.module for d in webui.scripts.scripts_data if d.script_class.__name__ == "TestHelper"][0]
+        webui.helper = next(d.module for d in webui.scripts.scripts_data if d.script_class.__name__ == "TestHelper")
         yield webui
 
 

@@ -27,9 +27,20 @@ from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
 from lib_omost.features.slothful import PATTERN_GROUP, layer_seed
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, INT, Feature, Param
-from lib_omost.unet.raunet import (CA_DOWNSCALE_MODES, RESOLUTION_MODES,
-                                   UPSCALE_MODES, Window, ca_downsample, ca_upsample, in_sigma_window,
-                                   keep_even, preset, resize_to, sigma_window, validate_pair)
+from lib_omost.unet.raunet import (
+    CA_DOWNSCALE_MODES,
+    RESOLUTION_MODES,
+    UPSCALE_MODES,
+    Window,
+    ca_downsample,
+    ca_upsample,
+    in_sigma_window,
+    keep_even,
+    preset,
+    resize_to,
+    sigma_window,
+    validate_pair,
+)
 
 SIMPLE, ADVANCED = "Simple", "Advanced"
 AUTO = "auto"

@@ -21,11 +21,22 @@ from dataclasses import dataclass
 
 import torch
 
-from lib_omost.attention.nearsighted import (draw_offset, near_sighted_schedule, tile_grid, tiled_attention,
-                                             tiling_applies)
+from lib_omost.attention.nearsighted import (
+    draw_offset,
+    near_sighted_schedule,
+    tile_grid,
+    tiled_attention,
+    tiling_applies,
+)
 from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
-from lib_omost.attention.slothful import (MODES, SlothfulSide, reduce_tokens, side_for_block, slothful_stride,
-                                          time_ratio)
+from lib_omost.attention.slothful import (
+    MODES,
+    SlothfulSide,
+    reduce_tokens,
+    side_for_block,
+    slothful_stride,
+    time_ratio,
+)
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import CHOICE, FLOAT, INT, Feature, Param
 

@@ -10,7 +10,12 @@ import logging
 
 from lib_omost.features import hidiffusion, slothful
 from lib_omost.forge.blocks import install_block_patches, upsample_hook_available
-from lib_omost.forge.generation import loaded_model_info, read_values, report_problem, write_infotext
+from lib_omost.forge.generation import (
+    loaded_model_info,
+    read_values,
+    report_problem,
+    write_infotext,
+)
 from lib_omost.forge.plan_install import apply_feature
 
 log = logging.getLogger("sd-forge-omost")
