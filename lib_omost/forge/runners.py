@@ -26,17 +26,37 @@ def image_seed(p) -> int:
     return int(seeds[0]) if seeds else int(getattr(p, "seed", 0) or 0)
 
 
+PLAN_LINE = "AttentionPlan"      # infotext: the precedence decisions (Slothful / Near-sighted vs MSW-MSA)
+HIRES = " (hires pass)"
+
+
+def _forget_plan_line(p) -> None:
+    """At a first pass, drop precedence lines an earlier generation left: X/Y/Z cells share one
+    extra_generation_params, and both accordions may be off in this cell. (Call before anything else.)"""
+    if not getattr(p, "is_hr_pass", False):
+        for key in (PLAN_LINE, PLAN_LINE + HIRES):
+            p.extra_generation_params.pop(key, None)
+
+
 def _log_plan(p, plan, info) -> None:
+    """Log the pass's plan; its precedence decisions go to the infotext (the hires pass's under its own key).
+
+    Precedence needs both accordions; whichever runs last sees the whole plan and has the last word.
+    """
     lines = plan.report(list(info.layers))
     for line in lines:
         log.info("AttentionPlan: %s", line)
     precedence = [line for line in lines if line.startswith("precedence")]
+    key = PLAN_LINE + (HIRES if getattr(p, "is_hr_pass", False) else "")
     if precedence:
-        p.extra_generation_params["AttentionPlan"] = "; ".join(precedence)
+        p.extra_generation_params[key] = "; ".join(precedence)
+    else:
+        p.extra_generation_params.pop(key, None)
 
 
 def run_slothful(p, args) -> None:
     feature = slothful.FEATURE
+    _forget_plan_line(p)
     values = read_values(p, feature, args)
     if values is None:
         return
@@ -57,6 +77,7 @@ def pass_size(p) -> tuple[int, int]:
 
 def run_hidiffusion(p, args) -> None:
     feature = hidiffusion.FEATURE
+    _forget_plan_line(p)
     values = read_values(p, feature, args)
     if values is None:
         return
