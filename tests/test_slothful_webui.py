@@ -294,3 +294,27 @@ def test_composes_with_refdrop_use_and_omost_in_one_generation(ui, tmp_path, mon
         facts = model_facts(family)
         assert log and all(e["k"] == expected_k(e, {"input": 8.0, "output": 8.0}, **facts) for e in log)
     assert harness.reported_errors() == []
+
+
+def test_precedence_line_follows_each_xyz_cell_and_each_pass(ui):
+    """X/Y/Z cells share one extra_generation_params: a cell without MSW-MSA must not keep the line of the
+    cell before it. The hires pass reports its own decisions (here: MSW-MSA not applied in the hires pass)."""
+    xyz = ui.runner().selectable_scripts[0]
+    axis = [o.label for o in xyz.current_axis_options].index("[HiDiffusion] MSW-MSA")
+    args = feature_args(ui, slothful={})
+    args[0] = ui.runner().selectable_scripts.index(xyz) + 1
+    args[xyz.args_from:xyz.args_to] = [axis, "", ["True", "False"], 0, "", None, 0, "", None, True, False, False,
+                                       False, False, False, False, 0, False]
+    harness.load_model("sd15")
+    p = ui.make_p(script_args=args, prompt="a cat", cfg_scale=5)
+    grid = ui.runner().run(p, *p.script_args)
+    with_msw, without = (grid.cells[(i, 0, 0)].infotexts[0] for i in range(2))
+    assert "HiDiffusion MSW-MSA: True" in with_msw and 'AttentionPlan: "precedence MSW-MSA over Slothful' in with_msw
+    assert "HiDiffusion MSW-MSA: False" in without and "AttentionPlan" not in without
+    for hires_pass in (True, False):
+        result = generate(ui, "sd15", feature_args(ui, slothful={}, hidiffusion=dict(hires_pass=hires_pass)),
+                          enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1)
+        params = result.extra_generation_params
+        assert params["AttentionPlan"].startswith("precedence MSW-MSA over Slothful")
+        assert ("AttentionPlan (hires pass)" in params) == hires_pass
+    assert harness.reported_errors() == []
