@@ -354,3 +354,39 @@ def test_stale_infotext_of_a_previous_xyz_cell_is_dropped():
     hires = types.SimpleNamespace(extra_generation_params=shared, is_hr_pass=True)
     read_values(hires, FEATURE, [False])
     assert shared == {"Steps": 2, "HiDiffusion Mode": "Simple"}
+
+
+SCHEDULE_EXTENSION = textwrap.dedent('''
+    from modules import scripts
+    from lib_omost.forge.webui import schedule_sigmas
+    SEEN = []
+
+
+    class Schedule(scripts.Script):
+        def title(self):
+            return "Schedule probe"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            SEEN.append((p.is_hr_pass, schedule_sigmas(p)))
+''')
+
+
+@pytest.mark.parametrize("denoise", [0.5, 1.0])
+def test_schedule_of_the_hires_pass_is_the_one_its_sampler_runs(flavour, tmp_path, denoise):
+    from lib_omost.attention.refdrop import step_index
+    ext = tmp_path / "schedule_ext"
+    (ext / "scripts").mkdir(parents=True)
+    (ext / "scripts" / "schedule.py").write_text(SCHEDULE_EXTENSION)
+    ui = harness.start_webui([str(ext)])
+    module = [d.module for d in ui.scripts.scripts_data if d.script_class.__name__ == "Schedule"][0]
+    with harness.record_unet_calls() as calls:
+        ui.txt2img(prompt="a cat", cfg_scale=5, steps=3, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=4,
+                   denoising_strength=denoise)
+    hires_schedule = [s for hr, s in module.SEEN if hr][-1]
+    hires_sigmas = [float(c.transformer_options["sigmas"][0]) for c in calls if c.x_shape[-1] == 12]
+    steps = [step_index(hires_schedule, s) for s in hires_sigmas]
+    assert len(steps) == 4 and steps == list(range(steps[0], steps[0] + 4))      # four distinct, in order
+    assert all(min(abs(s - t) for t in hires_schedule) < 1e-4 * max(s, 1e-3) for s in hires_sigmas)

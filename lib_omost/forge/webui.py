@@ -110,15 +110,29 @@ def model_info(sd_model, unet) -> ModelInfo:
     )
 
 
+def _img2img_steps(p, steps):
+    try:
+        from modules.sd_samplers_common import setup_img2img_steps
+    except ImportError:            # the test stand-in keeps it in modules.sd_samplers
+        from modules.sd_samplers import setup_img2img_steps
+    return setup_img2img_steps(p, steps)
+
+
 def schedule_sigmas(p) -> list[float] | None:
-    """The sigma schedule of this sampling pass from the WebUI's sampler, or None when it cannot tell."""
+    """The sigma schedule this sampling pass's sampler builds (the WebUI's own rules), or None.
+
+    txt2img: ``get_sigmas(p, steps)``. img2img and the hires pass: the sampler enlarges the schedule per
+    ``setup_img2img_steps`` and runs its tail, so steps are indexed in that enlarged schedule.
+    """
     get = getattr(getattr(p, "sampler", None), "get_sigmas", None)
     if get is None:
         return None
     steps = int(p.steps)
-    if getattr(p, "is_hr_pass", False):
-        steps = int(getattr(p, "hr_second_pass_steps", 0) or steps)
     try:
+        if getattr(p, "is_hr_pass", False):
+            steps, _ = _img2img_steps(p, int(getattr(p, "hr_second_pass_steps", 0) or steps))
+        elif hasattr(p, "init_images"):
+            steps, _ = _img2img_steps(p, None)
         return [float(s) for s in get(p, steps)]
     except Exception as e:    # a sampler without a k-diffusion schedule: callers fall back to counting
         import logging
