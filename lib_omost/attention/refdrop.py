@@ -225,8 +225,8 @@ class ReferenceStore:
         if self.budget_bytes is not None and self.nbytes + size > self.budget_bytes:
             raise ReferenceBudgetError(
                 f"RefDrop: storing step {key[0]} layer {key[1]} ({key[2]}) needs {size / MIB:.1f} MiB more, "
-                f"which would bring the reference to {(self.nbytes + size) / MIB:.0f} MiB, above the memory "
-                f"budget of {self.budget_bytes / MIB:.0f} MiB. Raise the RefDrop memory budget, lower the "
+                f"which would bring the reference to {(self.nbytes + size) / MIB:.1f} MiB, above the memory "
+                f"budget of {self.budget_bytes / MIB:.1f} MiB. Raise the RefDrop memory budget, lower the "
                 f"save percentage, disable layer groups, or save at a smaller resolution.")
         # always a private copy: a slice of the model's batch would keep the whole batch tensor alive
         self.entries[key] = tuple(torch.empty(x.shape, dtype=self.dtype).copy_(x.detach()) for x in (k, v))
