@@ -190,11 +190,15 @@ def test_xyz_plot_over_the_api_with_our_axes(log_mark):
         pytest.skip("recording references")
     scripts = call("/sdapi/v1/script-info")
     xyz = next(s for s in scripts if s["name"] == "x/y/z plot" and not s["is_img2img"])
-    labels = next(a["choices"] for a in xyz["args"] if a["label"] == "X type")
-    x = labels.index("[Slothful / Near-sighted attention] Input slothful")
-    y = labels.index("[HiDiffusion] MSW-MSA start")
-    # include_lone_images on: the API then returns the grid first and every cell after it
-    args = [x, "0, 8", [], y, "0, 1", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
+    # the plot's arguments differ between forks: start from its own defaults and set ours by label
+    names = [a["label"] for a in xyz["args"]]
+    args = [a.get("value") for a in xyz["args"]]
+    labels = xyz["args"][names.index("X type")]["choices"]
+    x, y = names.index("X type"), names.index("Y type")
+    args[x:x + 3] = [labels.index("[Slothful / Near-sighted attention] Input slothful"), "0, 8", []]
+    args[y:y + 3] = [labels.index("[HiDiffusion] MSW-MSA start"), "0, 1", []]
+    args[names.index("Z type")] = 0
+    args[names.index("Include Sub Images")] = True        # the API then returns every cell after the grid
     out = call("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": args})
     cells = [base64.b64decode(i) for i in out["images"][1:]]           # first image is the grid
     infos = json.loads(out["info"])["infotexts"][1:]
