@@ -2,23 +2,13 @@ from modules import scripts
 
 from lib_omost.features.slothful import FEATURE
 from lib_omost.forge.runners import run_slothful
-from lib_omost.forge.script_support import install_script_ui, register_xyz
+from lib_omost.forge.script_support import AccordionScript, register_xyz
 
 
-class SlothfulAttentionScript(scripts.Script):
+class SlothfulAttentionScript(AccordionScript, scripts.Script):
     sorting_priority = 17
-
-    def title(self):
-        return FEATURE.title
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
-
-    def ui(self, is_img2img):
-        return install_script_ui(self, FEATURE, is_img2img)
-
-    def process_before_every_sampling(self, p, *args, **kwargs):
-        run_slothful(p, args)
+    feature = FEATURE
+    run = staticmethod(run_slothful)
 
 
 register_xyz(FEATURE)

@@ -17,4 +17,29 @@ def register_xyz(feature) -> None:
     script_callbacks.on_before_ui(lambda: register_xyz_axes([feature]))
 
 
-__all__ = ["install_script_ui", "register_xyz"]
+class AccordionScript:
+    """What every accordion script does, as a mixin: ``class X(AccordionScript, scripts.Script)``.
+
+    Not a ``scripts.Script`` subclass itself, so the WebUI does not register it as a script of its own
+    when a script file imports it. Subclasses set ``feature``, ``run`` (the runner called in
+    ``process_before_every_sampling``) and optionally ``build`` (a custom layout).
+    """
+    feature = None
+    run = None
+    build = None
+
+    def title(self):
+        return self.feature.title
+
+    def show(self, is_img2img):
+        from modules import scripts
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return install_script_ui(self, self.feature, is_img2img, build=self.build)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        self.run(p, args)
+
+
+__all__ = ["AccordionScript", "install_script_ui", "register_xyz"]
