@@ -81,7 +81,8 @@ def preset_line(family, mode, msw="0.2-1"):
         parts.append(f"RAU-Net input {chosen.raunet[0]}/output {chosen.raunet[1]} "
                      f"{chosen.raunet_window.start:g}-{chosen.raunet_window.end:g} (nearest)")
     if chosen.ca:
-        parts.append(f"CA input {chosen.ca[0]}/output {chosen.ca[1]} {chosen.ca_window.start:g}-{chosen.ca_window.end:g}")
+        start, end = chosen.ca_window
+        parts.append(f"CA input {chosen.ca[0]}/output {chosen.ca[1]} {start:g}-{end:g}")
     return "; ".join(parts + [f"MSW-MSA {msw}"])
 
 
@@ -91,20 +92,23 @@ def infotext_value(result, key):
 
 
 def msw_layers(family):
-    return {layer for layer in model_facts(family)["channels"] if (layer[0], layer[1]) in hidiffusion.msw_blocks(family)}
+    blocks = hidiffusion.msw_blocks(family)
+    return {layer for layer in model_facts(family)["channels"] if layer[:2] in blocks}
 
 
-SIZES = {"forge": [(200, 136), (72, 56), (136, 200)], "reforge": [(200, 136), (72, 56)]}
+# (width, height) -> resolution modes run at that size ("auto" is "low" at these sizes)
+SIZES = {"forge": {(200, 136): ("low", "high", "ultra", "auto"), (136, 200): ("low", "high", "ultra")},
+         "reforge": {(72, 56): ("low", "high", "ultra", "auto")}}
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_every_preset_at_odd_sizes_gives_the_preset_grids_and_names_them(ui, family):
     """First step (inside every preset window, MSW-MSA not yet): each layer sees the grid the preset makes;
     last step (RAU-Net/CA over, MSW-MSA on): stock grids, and the MSW-MSA layers never reach the inner
-    attention. Latent sizes 25 x 17, 9 x 7, 17 x 25: odd, not multiples of 64 px."""
-    for width, height in SIZES[ui.flavour]:
+    attention. Latent sizes 25 x 17, 17 x 25 (Forge), 9 x 7 (reForge): odd, not multiples of 64 px."""
+    for (width, height), modes in SIZES[ui.flavour].items():
         latent = (height // 8, width // 8)
-        for mode in ("low", "high", "ultra", "auto"):
+        for mode in modes:
             result, log = probe_run(ui, family, hidiff(ui, resolution=mode), width=width, height=height, cfg_scale=1)
             assert result.latents.shape == (1, 4, *latent) and torch.isfinite(result.latents).all()
             chosen = PRESETS[(family, "low" if mode == "auto" else mode)]
@@ -145,7 +149,7 @@ ADVANCED_ALL = dict(mode="Advanced", raunet=True, ca=True, msw_msa=True)
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_a_window_without_any_step_is_bit_identical_to_off_with_the_patches_installed(ui, family):
     """Two steps sample at 0 % and 100 %: windows 0.3-0.6 exclude both."""
-    size = dict(width=200, height=136)
+    size = dict(width=72, height=56)
     off = generate(ui, family, **size).latents
     args = hidiff(ui, **ADVANCED_ALL, raunet_start=0.3, raunet_end=0.6, ca_start=0.3, ca_end=0.6,
                   msw_start=0.3, msw_end=0.6)
@@ -164,7 +168,6 @@ def test_a_window_without_any_step_is_bit_identical_to_off_with_the_patches_inst
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_percent_windows_are_inclusive_at_both_ends(ui, family):
     """Three steps sample at exactly 0 %, 50 % and 100 % of the schedule; RAU-Net on one window edge or both."""
-    schedule = None
     runs = {(0.5, 0.5): [False, True, False], (0.0, 0.5): [True, True, False], (0.5, 1.0): [False, True, True]}
     for (start, end), expected in runs.items():
         args = hidiff(ui, mode="Advanced", raunet_start=start, raunet_end=end, ca=False, msw_msa=False)
@@ -173,9 +176,9 @@ def test_percent_windows_are_inclusive_at_both_ends(ui, family):
         sigmas = sorted({e["sigma"] for e in log}, reverse=True)
         assert sigmas == [float(s) for s in schedule.automatic_sigmas(3)[:3]]
         assert schedule.percent_to_sigma(0.5) == sigmas[1]       # the window edge is exactly a step's sigma
-        deep = ("input", 4, 0)                         # the first attention after RAU-Net's Downsample (both families)
-        stock = expected_grids(family, (7, 9))[deep[:2]]
-        reduced = [e["q"] < stock[0] * stock[1] for sigma in sigmas for e in log if e["layer"] == deep and e["sigma"] == sigma]
+        deep = ("input", 4, 0)                   # the first attention after RAU-Net's Downsample (both families)
+        h, w = expected_grids(family, (7, 9))[deep[:2]]
+        reduced = [e["q"] < h * w for sigma in sigmas for e in log if e["layer"] == deep and e["sigma"] == sigma]
         assert reduced == expected, (start, end)
 
 
@@ -184,7 +187,8 @@ def test_msw_msa_shifts_are_reproducible_from_the_seed(ui, family, monkeypatch):
     """17 x 17 latents: the MSW-MSA layers' windows are at least 5 x 5 tokens, so shifts of k * (5 // 4) move them."""
     shifts = []
     real = hidiffusion.draw_shift
-    monkeypatch.setattr(hidiffusion, "draw_shift", lambda g, previous=None: shifts.append(real(g, previous)) or shifts[-1])
+    monkeypatch.setattr(hidiffusion, "draw_shift",
+                        lambda g, previous=None: shifts.append(real(g, previous)) or shifts[-1])
     ui.helper.STATE["noise_seed"] = 3                                     # one starting noise for every seed
     args = hidiff(ui, msw_start=0.0, msw_end=1.0, resolution="low")
     runs = []
@@ -200,16 +204,16 @@ def test_msw_msa_shifts_are_reproducible_from_the_seed(ui, family, monkeypatch):
 
 def test_disabling_after_an_enabled_generation_leaves_the_unet_as_never_enabled(ui):
     for family in ("sd15", "sdxl"):
-        size = dict(width=200, height=136)
+        size = dict(width=72, height=56)
         model = harness.load_model(family)
-        weights = {k: v.clone() for k, v in model.forge_objects_original.unet.model.diffusion_model.state_dict().items()}
+        diffusion_model = model.forge_objects_original.unet.model.diffusion_model
+        weights = {k: v.clone() for k, v in diffusion_model.state_dict().items()}
         never = generate(ui, family, **size).latents
         on = generate(ui, family, hidiff(ui, resolution="ultra", msw_start=0.0), **size).latents
         assert not torch.equal(on, never)
         again = generate(ui, family, **size)
         assert torch.equal(again.latents, never)
         assert "HiDiffusion applied" not in again.extra_generation_params
-        diffusion_model = model.forge_objects_original.unet.model.diffusion_model
         assert all(torch.equal(v, weights[k]) for k, v in diffusion_model.state_dict().items())
         assert not [m for m in diffusion_model.modules() if "forward" in vars(m)]        # nothing monkeypatched
         for source in (model.forge_objects_original, model.forge_objects_after_applying_lora):
@@ -254,8 +258,8 @@ def test_auto_resolution_of_the_hires_pass_follows_its_own_size(ui, monkeypatch)
 def test_upscale_mode_on_forge_and_the_nearest_note_on_reforge(ui, monkeypatch):
     resized = []
     real = hidiffusion.resize_to
-    monkeypatch.setattr(hidiffusion, "resize_to", lambda x, hw, mode="bicubic": resized.append((x.shape[-2:], hw, mode))
-                        or real(x, hw, mode))
+    monkeypatch.setattr(hidiffusion, "resize_to",
+                        lambda x, hw, mode="bicubic": resized.append((x.shape[-2:], hw, mode)) or real(x, hw, mode))
     common = dict(mode="Advanced", ca_in=1, ca_out=11, raunet_end=1.0, ca_end=1.0, msw_msa=False)
     size = dict(width=136, height=72)
     nearest = generate(ui, "sd15", hidiff(ui, **common, upscale_mode="nearest"), **size).latents
@@ -279,18 +283,19 @@ def test_upscale_mode_on_forge_and_the_nearest_note_on_reforge(ui, monkeypatch):
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_controlnet_skips_raunet_and_ca_with_a_message(ui, family):
     ui.helper.STATE["controlnet"] = True
-    size = dict(width=200, height=136, cfg_scale=1)
+    size = dict(width=72, height=56, cfg_scale=1)
     result, log = probe_run(ui, family, hidiff(ui, resolution="ultra", msw_start=0.5), **size)
     only_msw = generate(ui, family, hidiff(ui, mode="Advanced", raunet=False, ca=False, msw_start=0.5), **size)
     assert result.extra_generation_params["HiDiffusion note"] == (
         "ControlNet is active: its residuals have the normal UNet sizes, so RAU-Net and CA are skipped for this "
         "generation (MSW-MSA still runs)")
     assert result.extra_generation_params["HiDiffusion applied"] == "MSW-MSA 0.5-1"
-    stock = expected_grids(family, (17, 25))
+    stock = expected_grids(family, (7, 9))
     first, last = max(e["sigma"] for e in log), min(e["sigma"] for e in log)
     assert all(e["q"] == stock[e["layer"][:2]][0] * stock[e["layer"][:2]][1] for e in log)
     assert {e["layer"] for e in log if e["sigma"] == first} == set(model_facts(family)["channels"])
-    assert {e["layer"] for e in log if e["sigma"] == last} == set(model_facts(family)["channels"]) - msw_layers(family)
+    layers = set(model_facts(family)["channels"])
+    assert {e["layer"] for e in log if e["sigma"] == last} == layers - msw_layers(family)
     assert torch.equal(result.latents, only_msw.latents)
     nothing = generate(ui, family, hidiff(ui, resolution="ultra", msw_msa=False), **size)
     assert nothing.extra_generation_params["HiDiffusion applied"] == (
