@@ -43,6 +43,7 @@ from lib_omost.unet.raunet import (
 )
 
 SIMPLE, ADVANCED = "Simple", "Advanced"
+PERCENT, STEP_FRACTION = "percent", "step fraction"
 AUTO = "auto"
 NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
 # Advanced mode's defaults are SD1.5 block numbers; an SDXL model left on them gets its own pairs.
@@ -72,6 +73,9 @@ FEATURE = Feature("hidiffusion", "HiDiffusion", (
     Param("ca_downscale_mode", "CA downscale mode", CHOICE, "avg_pool", choices=CA_DOWNSCALE_MODES),
     Param("ca_factor", "CA downscale factor", FLOAT, 2.0, 1.0, 4.0, 0.5),
     Param("ca_upscale_mode", "CA upscale mode", CHOICE, "bicubic", choices=UPSCALE_MODES),
+    Param("time_mode", "Time windows in", CHOICE, PERCENT, choices=(PERCENT, STEP_FRACTION),
+          help="percent: of the noise schedule, through the model's percent->sigma; step fraction: of the "
+               "sampling steps, as the original HiDiffusion counts them."),
 ))
 
 
@@ -175,11 +179,17 @@ class BlockPatches:
 SKIP_HW = "omost_hidiffusion_skip_hw"
 
 
-def block_patches(settings: Settings, info: ModelInfo) -> BlockPatches:
+def percent_windows(info: ModelInfo):
+    """Window -> (start sigma, end sigma) through the model's percent -> sigma (the default time mode)."""
+    return lambda window: sigma_window(window, info.percent_to_sigma)
+
+
+def block_patches(settings: Settings, info: ModelInfo, to_sigma=None) -> BlockPatches:
+    to_sigma = to_sigma or percent_windows(info)
     patches = BlockPatches()
     if settings.raunet:
         block_in, block_out = settings.raunet
-        window = sigma_window(settings.raunet_window, info.percent_to_sigma)
+        window = to_sigma(settings.raunet_window)
 
         def keep_even_before_downsample(h, transformer_options):
             if not _block_is(transformer_options, "input", block_in - 1):
@@ -197,7 +207,7 @@ def block_patches(settings: Settings, info: ModelInfo) -> BlockPatches:
 
     if settings.ca:
         ca_in, ca_out = settings.ca
-        ca_window = sigma_window(settings.ca_window, info.percent_to_sigma)
+        ca_window = to_sigma(settings.ca_window)
 
         def ca_pool(h, transformer_options):
             if _block_is(transformer_options, "input", ca_in) and _active(transformer_options, ca_window):
@@ -250,8 +260,8 @@ class MswMsaStage:
         return msw_msa_attention(q, k, v, call.heads, call.hw, shift)
 
 
-def stages(settings: Settings, info: ModelInfo, seed: int) -> list:
+def stages(settings: Settings, info: ModelInfo, seed: int, to_sigma=None) -> list:
     if settings.msw_window is None:
         return []
-    return [MswMsaStage(info, sigma_window(settings.msw_window, info.percent_to_sigma), seed)]
+    return [MswMsaStage(info, (to_sigma or percent_windows(info))(settings.msw_window), seed)]
 

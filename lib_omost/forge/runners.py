@@ -17,6 +17,8 @@ from lib_omost.forge.generation import (
     write_infotext,
 )
 from lib_omost.forge.plan_install import apply_feature
+from lib_omost.forge.webui import schedule_sigmas
+from lib_omost.unet.raunet import step_sigma_window
 
 log = logging.getLogger("sd-forge-omost")
 
@@ -103,10 +105,17 @@ def run_hidiffusion(p, args) -> None:
         report_problem(p, feature, f"reForge has no hook before the Upsample: the paired Upsample resizes with "
                                    f"nearest, not {settings.upscale_mode}")
         settings.upscale_mode = "nearest"
-    patches = hidiffusion.block_patches(settings, info)
+    to_sigma = None
+    if values["time_mode"] == hidiffusion.STEP_FRACTION:
+        sigmas = schedule_sigmas(p)
+        if sigmas is None:
+            report_problem(p, feature, "the sampler gives no step schedule: time windows are taken as percent")
+        else:
+            to_sigma = lambda window: step_sigma_window(window, sigmas)      # noqa: E731
+    patches = hidiffusion.block_patches(settings, info, to_sigma)
     for note in install_block_patches(p, patches) if patches else []:
         report_problem(p, feature, note)
-    plan = apply_feature(p, feature.key, info, hidiffusion.stages(settings, info, image_seed(p)))
+    plan = apply_feature(p, feature.key, info, hidiffusion.stages(settings, info, image_seed(p), to_sigma))
     write_infotext(p, feature, values, {applied_key: settings.describe()})
     log.info("HiDiffusion %s: %s", " ".join(settings.notes), settings.describe())
     _log_plan(p, plan, info)

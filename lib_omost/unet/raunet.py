@@ -195,3 +195,20 @@ def in_step_window(step: int, steps: int, end_ratio: float, start_ratio: float =
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     return int(steps * start_ratio) <= step < int(steps * end_ratio)
+
+
+def step_sigma_window(window: Window, sigmas) -> tuple[float, float]:
+    """(start_sigma, end_sigma) of a step-fraction window (the original's semantics) on a pass's schedule.
+
+    Steps ``int(N * start) <= i < int(N * end)`` are active (N = len(sigmas) - 1): a call is active when
+    ``sigmas[int(N * end)] < sigma <= sigmas[int(N * start)]``, so a second-order sampler's midpoint calls
+    belong to their step. A window with no step never matches.
+    """
+    if not 0.0 <= window.start <= window.end <= 1.0:
+        raise ValueError(f"time window {tuple(window)} must satisfy 0 <= start <= end <= 1")
+    values = [float(s) for s in sigmas]
+    steps = len(values) - 1
+    first, stop = int(steps * window.start), int(steps * window.end)
+    if stop <= first:
+        return float("-inf"), float("inf")
+    return values[first], math.nextafter(values[stop], math.inf)
