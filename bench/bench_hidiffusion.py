@@ -22,9 +22,10 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
+
+from benchlib import attention_bench_args, timed
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,16 +34,6 @@ from lib_omost.attention.mswmsa import draw_shift, msw_msa_attention
 
 CHANNELS, HEADS = 320, 8
 TARGET = 3.0
-
-
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def cases_at(hw, device, dtype):

@@ -11,13 +11,13 @@ the per-round ratios (robust to load from other processes).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
+
+from benchlib import attention_bench_args, timed
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,25 +49,8 @@ def layout(device):
     return regions, masks
 
 
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    args, device, dtype = attention_bench_args(__doc__.splitlines()[0])
 
     regions, masks = layout(device)
     n, length, width = HW[0] * HW[1], len(regions), HEADS * DIM

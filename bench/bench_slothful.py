@@ -11,13 +11,13 @@ each case once, back to back; ratios are medians of the per-round ratios.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
+
+from benchlib import attention_bench_args, timed
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,16 +31,6 @@ TILE, GLOBAL_RATIO = 32, 0.5
 TARGETS = {"slothful_vs_plain_96": 2.5, "nearsighted_tile_vs_plain_96": 3.0}
 
 
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def cases_at(hw, device, dtype):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, hw[0] * hw[1], CHANNELS, generator=g).to(device, dtype) for _ in range(3))
@@ -52,14 +42,7 @@ def cases_at(hw, device, dtype):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    args, device, dtype = attention_bench_args(__doc__.splitlines()[0])
     print(f"device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, repeats {args.repeats}, "
           f"{CHANNELS} channels, {HEADS} heads, stride {STRIDE}, tile {TILE}, global ratio {GLOBAL_RATIO}")
 
