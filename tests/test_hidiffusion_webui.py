@@ -17,21 +17,10 @@ from tests.test_slothful_webui import (
     generate,
     model_facts,
     probe_run,
+    ui,  # noqa: F401  (the module-scoped WebUI fixture, one per flavour)
 )
 
 TITLE = "HiDiffusion"
-
-
-@pytest.fixture(scope="module", params=harness.FLAVOURS)
-def ui(request, tmp_path_factory):
-    ext = tmp_path_factory.mktemp("helper_ext")
-    (ext / "scripts").mkdir()
-    (ext / "scripts" / "helper.py").write_text(HELPER)
-    with harness.use_flavour(request.param):
-        webui = harness.start_webui([str(ext), ROOT])
-        webui.flavour = request.param
-        webui.helper = next(d.module for d in webui.scripts.scripts_data if d.script_class.__name__ == "TestHelper")
-        yield webui
 
 
 @pytest.fixture(autouse=True)

@@ -56,15 +56,22 @@ def _log_plan(p, plan, info) -> None:
         p.extra_generation_params.pop(key, None)
 
 
-def run_slothful(p, args) -> None:
-    feature = slothful.FEATURE
+def _begin(p, feature, args):
+    """(values, model info) of an enabled accordion on a model it can serve, else None (reported)."""
     _forget_plan_line(p)
     values = read_values(p, feature, args)
     if values is None:
-        return
+        return None
     info = loaded_model_info(p, feature)
-    if info is None:
+    return None if info is None else (values, info)
+
+
+def run_slothful(p, args) -> None:
+    feature = slothful.FEATURE
+    begun = _begin(p, feature, args)
+    if begun is None:
         return
+    values, info = begun
     plan = apply_feature(p, feature.key, info, slothful.stages(values, info, image_seed(p)))
     write_infotext(p, feature, values)
     _log_plan(p, plan, info)
@@ -79,13 +86,10 @@ def pass_size(p) -> tuple[int, int]:
 
 def run_hidiffusion(p, args) -> None:
     feature = hidiffusion.FEATURE
-    _forget_plan_line(p)
-    values = read_values(p, feature, args)
-    if values is None:
+    begun = _begin(p, feature, args)
+    if begun is None:
         return
-    info = loaded_model_info(p, feature)
-    if info is None:
-        return
+    values, info = begun
     hires = getattr(p, "is_hr_pass", False)
     applied_key = f"{feature.title} applied" + (" (hires pass)" if hires else "")
     if hires and not values["hires_pass"]:
