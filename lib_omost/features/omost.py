@@ -8,6 +8,10 @@ uncond rows keep the negative prompt; both are repeated to a common multiple of 
 attention unchanged). The attn2 stage then restricts each pixel to its regions' tokens with the chosen
 method until ``end percent`` of sampling; after that the whole canvas text is plain cross-attention.
 
+Prediction blending (``BLEND``) works on the predictions instead: every region becomes its own masked cond
+(its own chunks as context) through the WebUI's masked-condition support, one UNet row per region, and the
+WebUI averages the predictions by mask (``blend_weights``).
+
 The prompt box: with "append to global" its text is added to the global region as its last sub-prompt
 (so it reaches every pixel); "ignore" leaves it out (stated in the infotext).
 """
@@ -31,9 +35,10 @@ from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, JSON, Feature, Param
 from lib_omost.prompts import RegionPrompt, canvas_prompts, normalize_prompt, region_chunks
 
-OMOST, COUPLE, OVERLAY, DENSE = ("Omost score manipulation", "Attention couple", "Attention couple (overlay)",
-                                 "DenseDiffusion")
-METHODS = (OMOST, COUPLE, OVERLAY, DENSE)
+OMOST, COUPLE, OVERLAY, DENSE, BLEND = ("Omost score manipulation", "Attention couple",
+                                        "Attention couple (overlay)", "DenseDiffusion", "Prediction blending")
+METHODS = (OMOST, COUPLE, OVERLAY, DENSE, BLEND)
+INITIAL_LATENT_MAX = 0.9
 APPEND, IGNORE = "append to global region", "ignore"
 
 FEATURE = Feature("omost", "Omost", (
@@ -49,6 +54,9 @@ FEATURE = Feature("omost", "Omost", (
           help="What happens to the txt2img prompt box while Omost is on."),
     Param("hires_regions", "Regions in hires pass", BOOL, True,
           help="Off: the hires pass sees the canvas text without regional masks."),
+    Param("initial_latent", "Initial latent strength", FLOAT, 0.0, 0.0, INITIAL_LATENT_MAX, 0.01,
+          help="txt2img: 0 = start from noise; above 0, start from the blurred canvas colours, like img2img "
+               "with denoising 1 - strength but with the same number of steps."),
 ))
 
 _SYNTAX = re.compile(r"([\\()\[\]])")
@@ -112,6 +120,61 @@ def swap_rows(vector: torch.Tensor, cond_or_uncond: Sequence[int], ours: torch.T
     ours = ours.to(vector.device, vector.dtype)
     rows = [ours.expand(per, -1) if cond else vector[j * per:(j + 1) * per] for j, cond in enumerate(is_cond)]
     return torch.cat(rows)
+
+
+def region_contexts(context: torch.Tensor, regions: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """Each region's own tokens [L_r, C] (its chunks, in order) out of the canvas context and its token map."""
+    return [context[regions == r] for r in range(count)]
+
+
+def blend_weights(masks: torch.Tensor, weights: torch.Tensor, strength: float) -> tuple[float, torch.Tensor]:
+    """Prediction blending's per-pixel weights: (whole-canvas weight, region weights [1 + R, h, w] float64).
+
+    Region r at pixel i gets strength * w_r m_r(i) / sum_s w_s m_s(i); the whole-canvas cond (all the canvas
+    text in one context) gets 1 - strength. They sum to 1 at every pixel (the global region covers all of
+    them with weight 1), so the WebUI's sum(mult * pred) / sum(mult) is exactly this weighted average.
+    """
+    weighted = masks.to(torch.float64) * weights.to(torch.float64)[:, None, None]
+    return 1.0 - strength, strength * weighted / weighted.sum(0)
+
+
+def blend_parts(full_context: torch.Tensor, contexts: Sequence[torch.Tensor], masks: torch.Tensor,
+                weights: torch.Tensor, strength: float, regional: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(context, per-pixel weight [h, w] or None for 'everywhere, weight 1') of every cond to run.
+
+    Without the regional effect (after end percent, a plain hires pass, strength 0) that is the whole canvas
+    text alone; parts whose weight is zero everywhere are left out (they would cost a UNet row for nothing).
+    """
+    if not regional or strength <= 0:
+        return [(full_context, None)]
+    full_weight, region_weight = blend_weights(masks, weights, strength)
+    parts = [(full_context, torch.full_like(region_weight[0], full_weight))] if full_weight > 0 else []
+    return parts + [(ctx, w) for ctx, w in zip(contexts, region_weight) if bool(w.any())]
+
+
+def masked_cond_items(template: dict, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+                      vector: torch.Tensor | None, like: torch.Tensor) -> list[dict]:
+    """The WebUI cond items for ``parts``, built from one of its own (``template``: its other keys and its
+    condition classes are kept; masks get ``like``'s dtype and device).
+
+    Every item's ``strength`` is 1 / len(parts): both forks multiply CFG by the sum of the items' strengths
+    (their "edit strength"), and a uniform strength cancels in the mask-weighted average.
+    """
+    crossattn = type(template["model_conds"]["c_crossattn"])
+    share = 1.0 / len(parts)
+    items = []
+    for context, weight in parts:
+        conds = {**template["model_conds"], "c_crossattn": crossattn(context[None])}
+        if vector is not None and "y" in conds:
+            conds["y"] = type(conds["y"])(vector[None])
+        item = {k: v for k, v in template.items() if k not in ("mask", "mask_strength", "area")}
+        item.update(model_conds=conds, strength=share)
+        if "cross_attn" in item:
+            item["cross_attn"] = context[None]
+        if weight is not None:
+            item["mask"] = weight[None].to(like.device, like.dtype)
+        items.append(item)
+    return items
 
 
 @dataclass

@@ -13,8 +13,9 @@ import weakref
 
 import torch
 
-from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text
+from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text, region_masks
 from lib_omost.features import omost
+from lib_omost.forge import omost_start
 from lib_omost.forge.generation import loaded_model_info, read_values, report_problem
 from lib_omost.forge.plan_install import apply_feature
 from lib_omost.prompts import count_words
@@ -22,6 +23,7 @@ from lib_omost.prompts import count_words
 log = logging.getLogger("sd-forge-omost")
 
 WRAPPER_ATTR = "omost_wraps"          # on our model_function_wrapper: the wrapper it chains to (or None)
+MODIFIER_ATTR = "omost_blending"      # marks our conditioning modifier
 _encodings: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -88,6 +90,34 @@ def install_context(p, context, vector) -> None:
     p.sd_model.forge_objects.unet = unet
 
 
+def blending_modifier(canvas, context, regions, vector, strength: float, end_sigma: float, regional: bool):
+    """A conditioning modifier replacing the positive conds with prediction blending's masked conds (the
+    whole canvas text alone once the regional effect is over)."""
+    contexts = omost.region_contexts(context, regions, 1 + len(canvas.regions))
+    weights = omost.region_weights(canvas)
+    masks = {}
+
+    def modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+        if cond:
+            hw = tuple(x.shape[2:])
+            if hw not in masks:
+                masks[hw] = torch.from_numpy(region_masks(canvas, *hw))
+            now = regional and float(timestep[0]) >= end_sigma
+            parts = omost.blend_parts(context, contexts, masks[hw], weights, strength, now)
+            cond = omost.masked_cond_items(cond[0], parts, vector, x)
+        return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+    setattr(modifier, MODIFIER_ATTR, True)
+    return modifier
+
+
+def install_blending(p, modifier) -> None:
+    """Our conditioning modifier on a clone of the UNet, replacing one a previous call of this pass added."""
+    unet = p.sd_model.forge_objects.unet.clone()
+    kept = [m for m in unet.model_options.get("conditioning_modifiers", []) if not hasattr(m, MODIFIER_ATTR)]
+    unet.model_options["conditioning_modifiers"] = kept + [modifier]
+    p.sd_model.forge_objects.unet = unet
+
+
 def parse_canvas(text: str):
     """The canvas of the accordion's JSON (or code / LLM answer) text; CanvasError names what is wrong."""
     if not text or not text.strip():
@@ -102,8 +132,27 @@ def offload_chat_model() -> None:
         log.info("Omost: the local LLM was moved off the GPU for sampling")
 
 
-def run_omost(p, args) -> None:
+def start_from_canvas_colours(p, canvas, strength: float, noise) -> None:
+    """The initial-latent option (txt2img first pass only; the hires pass samples its own schedule)."""
     feature = omost.FEATURE
+    if hasattr(p, "init_images"):
+        report_problem(p, feature, "the initial latent is for txt2img; img2img starts from its own image")
+        return
+    if noise is None:
+        report_problem(p, feature, "the WebUI passed no starting noise; the initial latent was not used")
+        return
+    try:
+        sigma, total = omost_start.start_from_canvas(p, noise, omost_start.canvas_latent(p, canvas), strength)
+    except ValueError as e:
+        report_problem(p, feature, f"{e}; sampling starts from noise")
+        return
+    log.info("Omost: sampling starts from the canvas colours at sigma %.4g (the last %d steps of a %d-step "
+             "schedule)", sigma, int(p.steps), total)
+
+
+def run_omost(p, args, **sampling) -> None:
+    feature = omost.FEATURE
+    omost_start.remove_start_override(p)        # a first pass installs it again; a hires pass must not see it
     values = read_values(p, feature, args)
     if values is None:
         return
@@ -117,11 +166,20 @@ def run_omost(p, args) -> None:
         return
     offload_chat_model()
     context, regions, vector, chunks = encode_canvas(p, canvas, values["prompt_box"])
-    install_context(p, context, vector)
-    hires_plain = getattr(p, "is_hr_pass", False) and not values["hires_regions"]
-    stages = [] if hires_plain else [omost.RegionalStage(
-        canvas, regions, values["method"], values["strength"], info.percent_to_sigma(values["end_percent"]), info)]
+    hires = getattr(p, "is_hr_pass", False)
+    hires_plain = hires and not values["hires_regions"]
+    end_sigma = info.percent_to_sigma(values["end_percent"])
+    if values["method"] == omost.BLEND:
+        install_blending(p, blending_modifier(canvas, context, regions, vector, values["strength"], end_sigma,
+                                              regional=not hires_plain))
+        stages = []
+    else:
+        install_context(p, context, vector)
+        stages = [] if hires_plain else [omost.RegionalStage(
+            canvas, regions, values["method"], values["strength"], end_sigma, info)]
     apply_feature(p, feature.key, info, stages)
+    if values["initial_latent"] > 0 and not hires:
+        start_from_canvas_colours(p, canvas, values["initial_latent"], sampling.get("noise"))
     compact = json.dumps(canvas_to_json(canvas), ensure_ascii=False, separators=(",", ":"))
     p.extra_generation_params.update(feature.to_infotext({**values, "canvas": compact}))
     log.info("Omost: %d regions, %d chunks (%d tokens), %s%s", len(canvas.regions), chunks, context.shape[0],

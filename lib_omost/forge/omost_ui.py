@@ -107,6 +107,7 @@ def build_omost_ui(make, is_img2img: bool) -> None:
     with gr.Row():
         make("prompt_box")
         make("hires_regions")
+        make("initial_latent")
 
     llm_inputs = [backend, endpoint, model_name, api_key, local_model, trust, temperature, top_p, max_tokens, llm_seed]
 

@@ -128,7 +128,7 @@ def latent_size(p) -> tuple[int, int]:
     return int(p.height) // 8, int(p.width) // 8
 
 
-def run_refdrop(p, args) -> None:
+def run_refdrop(p, args, **_sampling) -> None:
     feature = refdrop.FEATURE
     values = read_values(p, feature, args)
     if values is None or values["mode"] == refdrop.DISABLED:

@@ -66,7 +66,7 @@ def _begin(p, feature, args):
     return None if info is None else (values, info)
 
 
-def run_slothful(p, args) -> None:
+def run_slothful(p, args, **_sampling) -> None:
     feature = slothful.FEATURE
     begun = _begin(p, feature, args)
     if begun is None:
@@ -84,7 +84,7 @@ def pass_size(p) -> tuple[int, int]:
     return int(p.width), int(p.height)
 
 
-def run_hidiffusion(p, args) -> None:
+def run_hidiffusion(p, args, **_sampling) -> None:
     feature = hidiffusion.FEATURE
     begun = _begin(p, feature, args)
     if begun is None:

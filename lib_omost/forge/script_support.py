@@ -22,7 +22,7 @@ class AccordionScript:
 
     Not a ``scripts.Script`` subclass itself, so the WebUI does not register it as a script of its own
     when a script file imports it. Subclasses set ``feature``, ``run`` (the runner called in
-    ``process_before_every_sampling``) and optionally ``build`` (a custom layout).
+    ``process_before_every_sampling`` with the WebUI's keyword arguments: x, noise, c, uc) and optionally ``build`` (a custom layout).
     """
     feature = None
     run = None
@@ -39,7 +39,7 @@ class AccordionScript:
         return install_script_ui(self, self.feature, is_img2img, build=self.build)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        self.run(p, args)
+        self.run(p, args, **kwargs)
 
 
 __all__ = ["AccordionScript", "install_script_ui", "register_xyz"]
