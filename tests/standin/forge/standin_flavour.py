@@ -9,7 +9,12 @@
 #   modules/ui_components.py: InputAccordion is a function returning an InputAccordionImpl (gr.Checkbox).
 #   modules/prompt_parser.py SdConditioning has distilled_cfg_scale.
 #   backend/diffusion_engine/sd15.py, sd20.py, sdxl.py: engines with forge_objects (ForgeObjects),
-#     text_processing_engine (SD1/SD2) or text_processing_engine_l/_g (SDXL), is_sd1 / is_sd2 / is_sdxl.
+#     text_processing_engine (SD1/SD2) or text_processing_engine_l/_g (SDXL), is_sd1 / is_sd2 / is_sdxl;
+#     encode_first_stage(x) = forge_objects.vae.first_stage_model.process_in(vae.encode(x * 0.5 + 0.5)) (the
+#     scaled latent, inference mode); get_first_stage_encoding is the identity (diffusion_engine/base.py).
+#   modules/sd_samplers_kdiffusion.py sample: x = predictor.noise_scaling(sigmas[0], x, zeros,
+#     max_denoise=opts.sgm_noise_multiplier); sample_img2img: noise_scaling(sigma, noise, x, max_denoise=False).
+#   modules/sd_samplers_common.py approximation_indexes: Full 0, Approx NN 1, Approx cheap 2, TAESD 3.
 import torch
 
 from backend.diffusion_engine.base import ForgeDiffusionEngine, ForgeObjects
@@ -18,7 +23,7 @@ from backend.modules.k_prediction import Prediction
 from backend.nn.unet import IntegratedUNet2DConditionModel
 from backend.patcher.unet import UnetPatcher
 from backend.sampling import sampling_function as forge_sampling
-from standin_core import models
+from standin_core import models, vae
 
 NAME = "forge"
 GRADIO_MAJOR = 4
@@ -31,6 +36,7 @@ MEMORY_FACTOR = 1.0          # calc_cond_uncond_batch: memory_required(shape) < 
 # `'Use same choices' not in self.hr_additional_modules` -- a TypeError when the API request left it None.
 HIRES_READS_ADDITIONAL_MODULES = True
 ENGINE_ATTRS = {"sd15": "text_processing_engine", "sd2": "text_processing_engine"}
+APPROXIMATION_INDEXES = {"Full": 0, "Approx NN": 1, "Approx cheap": 2, "TAESD": 3}
 
 
 class StandinEngine(ForgeDiffusionEngine):
@@ -47,10 +53,15 @@ class StandinEngine(ForgeDiffusionEngine):
             self.text_processing_engine_g = self.engines["clip_g"]
         else:
             self.text_processing_engine = next(iter(self.engines.values()))
-        self.forge_objects = ForgeObjects(unet=unet, clip=models.toy_clip(self.engines), vae=None, clipvision=None)
+        toy_vae = vae.ToyVAE(seed, first_stage_model=vae.LatentScaling(vae.latent_scale_factor(family)))
+        self.forge_objects = ForgeObjects(unet=unet, clip=models.toy_clip(self.engines), vae=toy_vae, clipvision=None)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
         self.is_sd1, self.is_sd2, self.is_sdxl = family == "sd15", family == "sd2", family == "sdxl"
+
+    def encode_first_stage(self, x):
+        toy_vae = self.forge_objects.vae
+        return vae.encode_first_stage(toy_vae, toy_vae.first_stage_model, x)
 
     @torch.no_grad()
     def get_learned_conditioning(self, prompt):
@@ -83,6 +94,16 @@ def build_sd_model(family, seed):
 def schedule_of(unet):
     """The object with sigmas / percent_to_sigma / timestep: unet.model.predictor."""
     return unet.model.predictor
+
+
+def start_noise(unet, sigma, x, sgm_noise_multiplier):
+    """KDiffusionSampler.sample's starting latent."""
+    return schedule_of(unet).noise_scaling(sigma, x, torch.zeros_like(x), max_denoise=sgm_noise_multiplier)
+
+
+def img2img_start(unet, sigma, noise, latent):
+    """KDiffusionSampler.sample_img2img's starting latent (the SGM option is not read there)."""
+    return schedule_of(unet).noise_scaling(sigma, noise, latent, max_denoise=False)
 
 
 def denoise(denoiser, params, cond_scale, cond_composition):

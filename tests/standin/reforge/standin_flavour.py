@@ -11,6 +11,12 @@
 #     around ldm_patched BaseModel (model_config.unet_config, model_sampling).
 #   modules/sd_samplers_cfg_denoiser.py: converts conds (forge_sampler), applies conditioning_modifiers,
 #     calls ldm_patched.modules.samplers.sampling_function(model, x, sigma, uncond, cond, cond_scale, ...).
+#   modules_forge/forge_loader.py: sd_model.get_first_stage_encoding = identity; sd_model.encode_first_stage(x)
+#     = unet.model.model_config.latent_format.process_in(forge_objects.vae.encode(x * 0.5 + 0.5)) (inference
+#     mode), both set as instance attributes.
+#   modules/sd_samplers_kdiffusion.py sample: x * sqrt(1 + sigmas[0] ** 2) with opts.sgm_noise_multiplier, else
+#     x * sigmas[0]; sample_img2img: xi = x + noise * sigma_sched[0].
+#   modules/sd_samplers_common.py approximation_indexes: Full 0, Approx NN 1, Approx cheap 2, TAESD 3, Approx PCA 4.
 import torch
 
 from ldm_patched.modules import samplers
@@ -18,7 +24,7 @@ from ldm_patched.modules.model_base import BaseModel, ModelConfig
 from modules_forge import forge_sampler
 from modules_forge.forge_loader import ForgeSD
 from modules_forge.unet_patcher import UnetPatcher
-from standin_core import models
+from standin_core import models, vae
 from ldm_patched.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 NAME = "reforge"
@@ -29,6 +35,7 @@ INPUT_ACCORDION_IS_CLASS = True
 SDCONDITIONING_HAS_DISTILLED_CFG = False
 MEMORY_FACTOR = 1.5          # _calc_cond_batch: memory_required(shape) * 1.5 < free_memory
 HIRES_READS_ADDITIONAL_MODULES = False   # reForge reloads hr_checkpoint_info only
+APPROXIMATION_INDEXES = {"Full": 0, "Approx NN": 1, "Approx cheap": 2, "TAESD": 3, "Approx PCA": 4}
 
 
 class StandinSdModel(torch.nn.Module):
@@ -39,12 +46,13 @@ class StandinSdModel(torch.nn.Module):
         if family not in models.FAMILIES:
             raise ValueError(f"reForge stand-in models: {models.FAMILIES}; got {family!r}")
         self.family = family
-        base = BaseModel(ModelConfig(models.unet_config(family)),
+        latent_format = vae.LatentScaling(vae.latent_scale_factor(family))
+        base = BaseModel(ModelConfig(models.unet_config(family), latent_format=latent_format),
                          unet_model=lambda **config: models.build_unet(UNetModel, family, seed))
         unet = UnetPatcher(base)
         self.engines = models.text_engines(family, seed)
         self.cond_stage_model = next(iter(self.engines.values())) if family != "sdxl" else None
-        self.forge_objects = ForgeSD(unet=unet, clip=models.toy_clip(self.engines), vae=None, clipvision=None)
+        self.forge_objects = ForgeSD(unet=unet, clip=models.toy_clip(self.engines), vae=vae.ToyVAE(seed), clipvision=None)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
         self.model = type("DiffusionWrapper", (), {})()
@@ -54,6 +62,9 @@ class StandinSdModel(torch.nn.Module):
         self.is_inpaint = False
         self.use_distilled_cfg_scale = False
         self.cond_stage_key = "crossattn"
+        self.get_first_stage_encoding = lambda x: x
+        self.encode_first_stage = lambda x: vae.encode_first_stage(
+            self.forge_objects.vae, self.forge_objects.unet.model.model_config.latent_format, x)
 
     @torch.no_grad()
     def get_learned_conditioning(self, c):
@@ -70,6 +81,16 @@ def build_sd_model(family, seed):
 def schedule_of(unet):
     """The object with sigmas / percent_to_sigma / timestep: unet.get_model_object("model_sampling")."""
     return unet.get_model_object("model_sampling")
+
+
+def start_noise(unet, sigma, x, sgm_noise_multiplier):
+    """KDiffusionSampler.sample's starting latent (reForge scales x itself, no noise_scaling call)."""
+    return x * torch.sqrt(1.0 + sigma ** 2.0) if sgm_noise_multiplier else x * sigma
+
+
+def img2img_start(unet, sigma, noise, latent):
+    """KDiffusionSampler.sample_img2img's starting latent (the SGM option is not read there)."""
+    return latent + noise * sigma
 
 
 def denoise(denoiser, params, cond_scale, cond_composition):

@@ -17,6 +17,8 @@
 #   hr_additional_modules (None) fails there with TypeError (HTTP 500); the UI always sends a list.
 # * CFG 1: Forge main sets uc = None (and hr_uc = None when hr_cfg == 1); reForge always computes uc; both
 #   backends then drop the uncond chunk.
+# * p.sampler_noise_scheduler_override = None (set in __post_init__, as the real one); hires fix: hr_scheduler
+#   defaults to scheduler, "Hires schedule type" starts as None (the sampler's get_sigmas fills it).
 # * create_infotext: generation_params then **p.extra_generation_params; list values indexed per image,
 #   callables called; "k: quote(v)" joined by ", " (just "k" when k == v), None values skipped.
 # Images are never decoded: Processed carries the final latents.
@@ -128,6 +130,7 @@ class StableDiffusionProcessing:
         self.comments = {}
         if self.styles is None:
             self.styles = []
+        self.sampler_noise_scheduler_override = None
         self.extra_generation_params = self.extra_generation_params or {}
         self.override_settings = self.override_settings or {}
         self.script_args = self.script_args or {}
@@ -291,6 +294,9 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             self.extra_generation_params["Hires steps"] = self.hr_second_pass_steps
         self.extra_generation_params["Hires upscaler"] = self.hr_upscaler
         self.extra_generation_params["Hires CFG Scale"] = self.hr_cfg
+        self.extra_generation_params["Hires schedule type"] = None    # set by the sampler's get_sigmas
+        if self.hr_scheduler is None:
+            self.hr_scheduler = self.scheduler
 
     def setup_prompts(self):
         super().setup_prompts()

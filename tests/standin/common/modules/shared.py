@@ -128,7 +128,17 @@ def _defaults():
         img2img_fix_steps=False, disable_weights_auto_swap=True, inpainting_mask_weight=1.0,
         token_merging_ratio=0.0, token_merging_ratio_hr=0.0, hide_samplers=[],
     )
-    return {k: OptionInfo(v) for k, v in values.items()}
+    with_infotext = dict(   # option: (default, infotext name) as in modules/shared_options.py
+        always_discard_next_to_last_sigma=(False, "Discard penultimate sigma"),
+        sgm_noise_multiplier=(False, "SGM noise multiplier"),
+        sd_vae_encode_method=("Full", "VAE Encoder"),
+        use_old_karras_scheduler_sigmas=(False, None),
+        sigma_min=(0.0, "Schedule min sigma"),
+        sigma_max=(0.0, "Schedule max sigma"),
+        rho=(0.0, "Schedule rho"),
+    )
+    return {**{k: OptionInfo(v) for k, v in values.items()},
+            **{k: OptionInfo(v, infotext=name) for k, (v, name) in with_infotext.items()}}
 
 
 opts = Options(_defaults())

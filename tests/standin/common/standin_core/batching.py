@@ -10,6 +10,12 @@
 # short the group is halved, thirded, ... (the first len//i of the reversed list) until it fits.
 # ``fits(model, input_shape)`` is the flavour's memory test; the toy memory model is one unit per row
 # (see memory.py), so tests can force split calls by lowering the free memory.
+# Masked conds (get_area_and_mult in both forks): chunk["mask"] [M, H_lat, W_lat] must match x's spatial
+# size (an AssertionError otherwise, as the real assert), times chunk.get("mask_strength", 1), unsqueezed to
+# [M, 1, H, W] and repeated to [B // M * M, C, H, W]; reForge first keeps only the first B mask rows
+# (``cut_mask_to_batch``), Forge main does not. mult = mask * strength; full-canvas chunks: ones * strength.
+# Per chunk: out += pred * mult, count += mult (count starts at 1e-37), result out / count. ``area`` conds
+# are not modelled (NotImplementedError).
 import collections
 import math
 
@@ -94,13 +100,29 @@ def compile_weighted_conditions(cond, weights):
 ChunkRun = collections.namedtuple("ChunkRun", ["input_x", "mult", "conditioning", "area", "control", "patches"])
 
 
-def area_and_mult(chunk, x_in, timestep):
-    """Full-canvas chunks only (no area / mask conds): mult = strength everywhere."""
+def mask_mult(chunk, x_in, cut_mask_to_batch=False):
+    """The mask part of mult: chunk["mask"] * mask_strength, as [rows, C, H, W]."""
+    mask = chunk["mask"]
+    if tuple(mask.shape[1:]) != tuple(x_in.shape[2:]):
+        raise AssertionError(f"cond mask of shape {list(mask.shape)} does not match the latent's spatial size "
+                             f"{list(x_in.shape[2:])}; a mask must be [M, H_lat, W_lat]")
+    if cut_mask_to_batch:
+        mask = mask[:x_in.shape[0]]
+    mask = mask * chunk.get("mask_strength", 1.0)
+    return mask.unsqueeze(1).repeat(x_in.shape[0] // mask.shape[0], x_in.shape[1], 1, 1)
+
+
+def area_and_mult(chunk, x_in, timestep, cut_mask_to_batch=False):
+    """Full-canvas or masked chunks (no area conds): mult = mask * strength (mask = ones without one)."""
     if "timestep_start" in chunk and timestep[0] > chunk["timestep_start"]:
         return None
     if "timestep_end" in chunk and timestep[0] < chunk["timestep_end"]:
         return None
-    mult = torch.ones_like(x_in) * chunk.get("strength", 1.0)
+    if "area" in chunk:
+        raise NotImplementedError(f"the stand-in has no area conds (chunk 'area' = {chunk['area']!r}); "
+                                  "use a full-canvas or a 'mask' cond")
+    mask = mask_mult(chunk, x_in, cut_mask_to_batch) if "mask" in chunk else torch.ones_like(x_in)
+    mult = mask * chunk.get("strength", 1.0)
     conditioning = {k: c.process_cond(batch_size=x_in.shape[0], device=x_in.device)
                     for k, c in chunk["model_conds"].items()}
     return ChunkRun(x_in, mult, conditioning, None, chunk.get("control"), None)
@@ -124,18 +146,19 @@ def _cat_conditioning(items):
     return {k: cs[0].concat(cs[1:]) for k, cs in gathered.items()}
 
 
-def calc_cond_batch(model, conds, x_in, timestep, model_options, *, fits, transformer_options_for):
+def calc_cond_batch(model, conds, x_in, timestep, model_options, *, fits, transformer_options_for,
+                    cut_mask_to_batch=False):
     """Denoised prediction per entry of ``conds`` (index 0 = cond, 1 = uncond); None entries are skipped.
 
     ``transformer_options_for(model_options, cond_or_uncond, timestep)`` builds the per-call
-    transformer_options the flavour passes to the UNet.
+    transformer_options the flavour passes to the UNet; ``cut_mask_to_batch`` is reForge's mask[:B].
     """
     outs = [torch.zeros_like(x_in) for _ in conds]
     counts = [torch.ones_like(x_in) * 1e-37 for _ in conds]
     to_run = []
     for index, chunks in enumerate(conds):
         for chunk in chunks or ():
-            run = area_and_mult(chunk, x_in, timestep)
+            run = area_and_mult(chunk, x_in, timestep, cut_mask_to_batch)
             if run is not None:
                 to_run.append((run, index))
 

@@ -68,3 +68,16 @@ class DiscreteEpsSchedule(torch.nn.Module):
         """k-diffusion DiscreteSchedule.get_sigmas(n): uniform in t from 999 to 0, then a final 0."""
         t = torch.linspace(len(self.sigmas) - 1, 0, steps)
         return torch.cat([self.sigma(t), self.sigmas.new_zeros([1])])
+
+
+def append_zero(x):
+    return torch.cat([x, x.new_zeros([1])])
+
+
+def karras_sigmas(n, sigma_min, sigma_max, rho=7.0, device="cpu"):
+    """k-diffusion get_sigmas_karras (Forge k_diffusion/sampling.py, reForge ldm_patched/k_diffusion/sampling.py):
+    n sigmas evenly spaced in sigma**(1/rho) from sigma_max down to sigma_min, then a final 0."""
+    ramp = torch.linspace(0, 1, n, device=device)
+    min_inv_rho = sigma_min ** (1 / rho)
+    max_inv_rho = sigma_max ** (1 / rho)
+    return append_zero((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho).to(device)

@@ -1,5 +1,6 @@
 # Mirrors Forge main backend/diffusion_engine/base.py @ dfdcbab6: ForgeObjects(unet, clip, vae, clipvision)
-# with shallow_copy() (new holder, same objects), and the legacy flags of ForgeDiffusionEngine.
+# with shallow_copy() (new holder, same objects), the legacy flags of ForgeDiffusionEngine, and its
+# get_first_stage_encoding (the identity) / encode_first_stage (overridden by the engines).
 class ForgeObjects:
     def __init__(self, unet, clip, vae, clipvision):
         self.unet, self.clip, self.vae, self.clipvision = unet, clip, vae, clipvision
@@ -22,6 +23,12 @@ class ForgeDiffusionEngine:
         self.use_distilled_cfg_scale = False
         self.is_sd1 = self.is_sd2 = self.is_sdxl = self.is_sd3 = False
         self.is_inpaint = False
+
+    def get_first_stage_encoding(self, x):
+        return x            # the engines' encode_first_stage already returns the scaled latent
+
+    def encode_first_stage(self, x):
+        pass
 
     def is_webui_legacy_model(self):
         return self.is_sd1 or self.is_sd2 or self.is_sdxl or self.is_sd3

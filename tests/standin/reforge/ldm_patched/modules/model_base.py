@@ -11,9 +11,10 @@ from standin_core.batching import apply_eps_model
 class ModelConfig:
     """The fields of reForge's supported_models_base.BASE that extensions read."""
 
-    def __init__(self, unet_config, sampling_settings=None):
+    def __init__(self, unet_config, sampling_settings=None, latent_format=None):
         self.unet_config = dict(unet_config)
         self.sampling_settings = dict(sampling_settings or {})
+        self.latent_format = latent_format      # latent_formats.SD15 / SDXL: process_in = latent * scale_factor
         self.manual_cast_dtype = None
 
 

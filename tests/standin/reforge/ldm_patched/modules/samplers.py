@@ -5,6 +5,8 @@
 # memory_required(shape) * 1.5 < free memory. sampling_function: CFG-1 optimisation, conds = [cond, uncond],
 # sampler_calc_cond_batch_function or batching, sampler_pre_cfg_function (args-dict form, after batching),
 # cfg_function (sampler_cfg_function, edit strength, sampler_post_cfg_function).
+# get_area_and_mult keeps only the first B rows of a cond's mask (mask[:input_x.shape[0]]) before repeating it.
+# Not modelled: 'default' conds, hooks, area conds, gligen, opts.epsilon_scaling_enabled (off by default).
 import math
 
 from standin_core import memory
@@ -44,7 +46,7 @@ def fits(model, input_shape):
 
 def calc_cond_batch(model, conds, x_in, timestep, model_options):
     return _calc_cond_batch(model, conds, x_in, timestep, model_options, fits=fits,
-                            transformer_options_for=transformer_options_for)
+                            transformer_options_for=transformer_options_for, cut_mask_to_batch=True)
 
 
 def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
