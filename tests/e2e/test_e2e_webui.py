@@ -109,7 +109,8 @@ def test_everything_off_is_bit_identical_to_the_webui_without_the_extension(name
 def _alone_cases():
     canvas = "__CANVAS__"
     cases = [(f"omost {m}", "omost", [True, canvas, m], ODD) for m in
-             ("Omost score manipulation", "Attention couple", "Attention couple (overlay)", "DenseDiffusion")]
+             ("Omost score manipulation", "Attention couple", "Attention couple (overlay)", "DenseDiffusion",
+              "Prediction blending")]
     # 200x136 is a 25x17 latent: a 16-token tile really tiles it (the default 32 would be one tile)
     cases += [(f"slothful {m}", "slothful", [True, m, "__TILE16__"], ODD) for m in
               ("Slothful attention", "Near-sighted tile", "Near-sighted attention")]
@@ -133,6 +134,20 @@ def test_each_accordion_alone_changes_the_image_and_writes_its_infotext(name, ke
     for param in feature.params:
         assert f"{feature.infotext_key(param)}:" in infotext, f"{param.label} missing from the infotext"
     assert_no_extension_error(log_mark())
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM2"])        # DPM2 discards the penultimate sigma
+def test_omost_initial_latent_starts_at_the_documented_sigma(sampler, log_mark):
+    """strength 0.5 at 2 steps: the last 2 steps of a ceil(2 / 0.5) = 4-step schedule of the WebUI's own."""
+    if RECORD:
+        pytest.skip("recording references")
+    args = [True, example_canvas_json(), "Prediction blending", 1.0, 1.0, "append to global region", True]
+    off, _ = generate(sampler_name=sampler, alwayson_scripts={"Omost": {"args": args + [0.0]}})
+    image, infotext = generate(sampler_name=sampler, alwayson_scripts={"Omost": {"args": args + [0.5]}})
+    assert image != off and "Omost Initial latent strength: 0.5" in infotext
+    new_log = log_mark()
+    assert "sampling starts from the canvas colours" in new_log and "the last 2 steps of a 4-step schedule" in new_log
+    assert_no_extension_error(new_log)
 
 
 def test_refdrop_save_then_use_both_directions(log_mark):
