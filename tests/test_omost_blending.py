@@ -178,3 +178,14 @@ def test_hires_pass_blends_at_the_new_size_or_drops_the_regions(flavour):
         assert hires and {c.x_shape[-2:] for c in hires} == {(12, 12)}
         conds = sum(c.cond_or_uncond.count(0) for c in hires)
         assert conds == (1 + len(example_canvas().regions) if keep else 1)
+
+
+def test_split_calls_give_the_same_image_as_one_batched_call(flavour):
+    ui = harness.start_webui([ROOT])
+    kwargs = dict(script_args=blend_args(ui, strength=0.7), prompt="a cat", cfg_scale=5, steps=2, batch_size=2)
+    batched = ui.txt2img(**kwargs).latents
+    with harness.force_split(2), harness.record_unet_calls() as calls:
+        split = ui.txt2img(**kwargs).latents
+    assert harness.reported_errors() == []
+    assert max(c.x_shape[0] for c in calls) <= 2          # one chunk of 2 images per call
+    assert torch.allclose(batched, split, rtol=1e-4, atol=1e-4)        # float32 rounding of other batch shapes
