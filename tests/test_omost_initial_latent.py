@@ -167,3 +167,16 @@ def test_initial_latent_is_an_xyz_axis(flavour):
     ui = harness.start_webui([ROOT])
     xyz = ui.runner().selectable_scripts[0]
     assert "[Omost] Initial latent strength" in [o.label for o in xyz.current_axis_options]
+
+
+def test_an_encoder_that_cannot_run_is_reported_and_sampling_starts_from_noise(flavour):
+    from modules.shared import opts
+    ui = harness.start_webui([ROOT])
+    plain = ui.txt2img(script_args=omost_args(ui, 0.0), prompt="a cat", cfg_scale=5)
+    opts.sd_vae_encode_method = "TAESD"                  # the stand-in has no TAESD: its encode raises
+    try:
+        result = ui.txt2img(script_args=omost_args(ui, 0.3), prompt="a cat", cfg_scale=5)
+    finally:
+        opts.sd_vae_encode_method = "Full"
+    assert "the initial latent failed" in result.extra_generation_params["Omost note"]
+    assert torch.equal(result.latents, plain.latents)

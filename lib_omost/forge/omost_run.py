@@ -142,9 +142,10 @@ def start_from_canvas_colours(p, canvas, strength: float, noise) -> None:
         report_problem(p, feature, "the WebUI passed no starting noise; the initial latent was not used")
         return
     try:
-        sigma, total = omost_start.start_from_canvas(p, noise, omost_start.canvas_latent(p, canvas), strength)
-    except ValueError as e:
-        report_problem(p, feature, f"{e}; sampling starts from noise")
+        latent = omost_start.canvas_latent(p, canvas)
+        sigma, total = omost_start.start_from_canvas(p, noise, latent, strength)
+    except (ValueError, RuntimeError, NotImplementedError) as e:      # e.g. a VAE encoder that cannot run
+        report_problem(p, feature, f"the initial latent failed ({e}); sampling starts from noise")
         return
     log.info("Omost: sampling starts from the canvas colours at sigma %.4g (the last %d steps of a %d-step "
              "schedule)", sigma, int(p.steps), total)
