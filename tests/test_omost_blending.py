@@ -23,10 +23,7 @@ def flavour(request):
 
 
 def args_for(ui, values, tab="txt2img"):
-    args = ui.ui_defaults(tab)
-    script = ui.script(TITLE, tab)
-    args[script.args_from:script.args_from + len(values)] = list(values)
-    return args
+    return ui.script_args({TITLE: values}, tab)
 
 
 def blend_args(ui, canvas_json=CANVAS, strength=1.0, end_percent=1.0):

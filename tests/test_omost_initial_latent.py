@@ -91,11 +91,7 @@ def first_inputs():
 
 
 def omost_args(ui, strength, tab="txt2img"):
-    args = ui.ui_defaults(tab)
-    script = ui.script("Omost", tab)
-    values = [True, CANVAS, omost.OMOST, 1.0, 1.0, omost.APPEND, True, strength]
-    args[script.args_from:script.args_from + len(values)] = values
-    return args
+    return ui.script_args({"Omost": [True, CANVAS, omost.OMOST, 1.0, 1.0, omost.APPEND, True, strength]}, tab)
 
 
 def webui_sigmas(steps, scheduler="Automatic"):

@@ -95,16 +95,20 @@ def blending_modifier(canvas, context, regions, vector, strength: float, end_sig
     whole canvas text alone once the regional effect is over)."""
     contexts = omost.region_contexts(context, regions, 1 + len(canvas.regions))
     weights = omost.region_weights(canvas)
-    masks = {}
+    made = {}       # the parts per (latent size, regional or not, dtype, device): computed once, not per step
+
+    def parts_for(x, now: bool):
+        key = (tuple(x.shape[2:]), now, x.dtype, x.device)
+        if key not in made:
+            masks = torch.from_numpy(region_masks(canvas, *key[0]))
+            made[key] = [(ctx, None if w is None else w.to(x.device, x.dtype))
+                         for ctx, w in omost.blend_parts(context, contexts, masks, weights, strength, now)]
+        return made[key]
 
     def modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
         if cond:
-            hw = tuple(x.shape[2:])
-            if hw not in masks:
-                masks[hw] = torch.from_numpy(region_masks(canvas, *hw))
             now = regional and float(timestep[0]) >= end_sigma
-            parts = omost.blend_parts(context, contexts, masks[hw], weights, strength, now)
-            cond = omost.masked_cond_items(cond[0], parts, vector, x)
+            cond = omost.masked_cond_items(cond[0], parts_for(x, now), vector, x)
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
     setattr(modifier, MODIFIER_ATTR, True)
     return modifier
