@@ -700,7 +700,7 @@
         ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
         if (this.showGrid) this.drawGrid(w, h);
         var self = this;
-        m.orderedIndices(this.doc).forEach(function (i, k) { self.drawOutline(i, k); });
+        m.orderedIndices(this.doc).forEach(function (i) { self.drawOutline(i); });
         if (this.selected >= 0 && this.selected < this.doc.regions.length) this.drawSelection(this.selected);
         this.canvas.classList.toggle('omost-ce-stale', !!this.error);
     };
@@ -724,7 +724,7 @@
         ctx.stroke();
     };
 
-    Editor.prototype.drawOutline = function (i, depth) {
+    Editor.prototype.drawOutline = function (i) {
         var ctx = this.ctx, m = model(), region = this.doc.regions[i], p = this.rectPx(this.rectOf(i));
         ctx.lineWidth = 3;
         ctx.strokeStyle = 'rgba(0, 0, 0, 0.55)';
@@ -732,7 +732,7 @@
         ctx.lineWidth = 1;
         ctx.strokeStyle = m.cssColor(region.color);
         ctx.strokeRect(p.x0 + 1.5, p.y0 + 1.5, p.x1 - p.x0 - 3, p.y1 - p.y0 - 3);
-        var label = (depth + 1) + '. ' + (region.description || '(no description)');
+        var label = (i + 1) + '. ' + (region.description || '(no description)');   // program order, as everywhere
         ctx.font = '12px sans-serif';
         var maxW = p.x1 - p.x0 - 8;
         if (maxW < 12) return;
@@ -786,9 +786,9 @@
             self.list.appendChild(li);
         };
         row(-1, 'Global: ' + (this.doc.global.description || '(no description)'), '', this.doc.global.color);
-        m.orderedIndices(this.doc).forEach(function (i, k) {
+        m.orderedIndices(this.doc).forEach(function (i) {     // listed far to near, numbered in program order
             var r = self.doc.regions[i];
-            row(i, (k + 1) + '. ' + (r.description || '(no description)'), 'd ' + r.distance, r.color);
+            row(i, (i + 1) + '. ' + (r.description || '(no description)'), 'd ' + r.distance, r.color);
         });
     };
 
@@ -798,7 +798,7 @@
         var sel = this.selected, isRegion = sel >= 0;
         var target = isRegion ? this.doc.regions[sel] : this.doc.global;
         var active = activeElementOf(this.form);
-        this.formTitle.textContent = isRegion ? 'Region #' + (sel + 1) + ' (program order)' : 'Global';
+        this.formTitle.textContent = isRegion ? 'Region ' + (sel + 1) : 'Global';
         this.form.querySelectorAll('[data-for]').forEach(function (label) {
             var f = label.getAttribute('data-for');
             label.hidden = !isRegion && GLOBAL_FIELDS.indexOf(f) < 0;

@@ -41,6 +41,8 @@ class Param:
     help: str = ""
     xyz: bool = True                # offered as an X/Y/Z plot axis (never for JSON)
     infotext: bool = True           # written to / read from the infotext
+    when: tuple[tuple[str, tuple], ...] = ()   # (other param, its values) that must all hold for this one to
+    #                                 matter: the UI hides it otherwise and the infotext leaves it out
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -102,7 +104,22 @@ class Param:
             return f"{value:g}"
         if self.kind == BOOL:
             return "True" if value else "False"
+        if self.kind == JSON:
+            return _json_text(value, separators=(",", ":"))
         return str(value)
+
+    def is_default(self, value: Any) -> bool:
+        if self.kind == JSON:
+            return _json_text(value) == _json_text(self.default)
+        return value == self.default
+
+
+def _json_text(text: str, **dumps) -> str:
+    """JSON text re-serialised (compact, indented, or canonical); text that is not JSON stays as it is."""
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, **dumps)
+    except (TypeError, ValueError):
+        return text
 
 
 @dataclass(frozen=True)
@@ -152,6 +169,10 @@ class Feature:
             raise ParamError("; ".join(errors))
         return out
 
+    def in_use(self, param: Param, values: dict[str, Any]) -> bool:
+        """Whether ``param`` matters with these values (e.g. an Advanced-mode setting in Simple mode does not)."""
+        return all(values[name] in allowed for name, allowed in param.when)
+
     # --- infotext -------------------------------------------------------------------------------
     @property
     def enabled_key(self) -> str:
@@ -161,14 +182,37 @@ class Feature:
         return f"{self.title} {param.label}"
 
     def to_infotext(self, values: dict[str, Any]) -> dict[str, str]:
-        """The infotext entries of one generation (nothing when the feature is off)."""
+        """The infotext entries of one generation (nothing when the feature is off).
+
+        Only values that are in use and differ from their defaults are written (``complete_pasted`` fills
+        the rest back in when the text is pasted); an empty value is never written, since the WebUI's
+        parser cannot read ``Key: ,`` back.
+        """
         if not values.get("enabled"):
             return {}
         out = {self.enabled_key: "True"}
         for param in self.params:
-            if param.infotext:
-                out[self.infotext_key(param)] = param.format(values[param.name])
+            value = values[param.name]
+            if param.infotext and self.in_use(param, values) and not param.is_default(value):
+                text = param.format(value)
+                if text.strip():
+                    out[self.infotext_key(param)] = text
         return out
+
+    def complete_pasted(self, params: dict[str, Any]) -> None:
+        """Fill a pasted infotext's parameters in place: when this accordion was on, every key it left out
+        (a default) gets its default, so pasting resets what the image did not change; JSON is indented
+        again for the JSON box."""
+        if str(params.get(self.enabled_key, "False")).lower() != "true":
+            return
+        for param in self.params:
+            if not param.infotext:
+                continue
+            key = self.infotext_key(param)
+            if key not in params:
+                params[key] = param.format(param.default) if param.kind != JSON else param.default
+            elif param.kind == JSON:
+                params[key] = _json_text(str(params[key]), indent=2)
 
     def from_infotext(self, params: dict[str, str]) -> dict[str, Any]:
         """Values read back from a parsed infotext; absent keys keep their defaults, bad ones are reported."""

@@ -3,7 +3,7 @@ from modules import script_callbacks, scripts
 from lib_omost.features.omost import FEATURE
 from lib_omost.forge.omost_run import run_omost
 from lib_omost.forge.omost_ui import add_settings, build_omost_ui
-from lib_omost.forge.script_support import AccordionScript, register_xyz
+from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class OmostScript(AccordionScript, scripts.Script):
@@ -13,5 +13,5 @@ class OmostScript(AccordionScript, scripts.Script):
     build = staticmethod(build_omost_ui)
 
 
-register_xyz(FEATURE)
+register_feature(FEATURE)
 script_callbacks.on_ui_settings(add_settings)

@@ -2,7 +2,7 @@ from modules import scripts
 
 from lib_omost.features.hidiffusion import FEATURE
 from lib_omost.forge.runners import run_hidiffusion
-from lib_omost.forge.script_support import AccordionScript, register_xyz
+from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class HiDiffusionScript(AccordionScript, scripts.Script):
@@ -11,4 +11,4 @@ class HiDiffusionScript(AccordionScript, scripts.Script):
     run = staticmethod(run_hidiffusion)
 
 
-register_xyz(FEATURE)
+register_feature(FEATURE)

@@ -3,7 +3,7 @@ from modules import scripts
 from lib_omost.features.refdrop import FEATURE
 from lib_omost.forge.refdrop_run import finish_refdrop, report_batch, run_refdrop
 from lib_omost.forge.refdrop_ui import build_refdrop_ui
-from lib_omost.forge.script_support import AccordionScript, register_xyz
+from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class RefDropScript(AccordionScript, scripts.Script):
@@ -19,4 +19,4 @@ class RefDropScript(AccordionScript, scripts.Script):
         finish_refdrop(p)
 
 
-register_xyz(FEATURE)
+register_feature(FEATURE)

@@ -2,7 +2,7 @@ from modules import scripts
 
 from lib_omost.features.slothful import FEATURE
 from lib_omost.forge.runners import run_slothful
-from lib_omost.forge.script_support import AccordionScript, register_xyz
+from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class SlothfulAttentionScript(AccordionScript, scripts.Script):
@@ -11,4 +11,4 @@ class SlothfulAttentionScript(AccordionScript, scripts.Script):
     run = staticmethod(run_slothful)
 
 
-register_xyz(FEATURE)
+register_feature(FEATURE)

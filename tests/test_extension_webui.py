@@ -230,16 +230,18 @@ def test_real_rows_seen_by_a_stage_match_cond_or_uncond(flavour, tmp_path):
 def test_infotext_paste_and_api_args_round_trip(flavour):
     ui = webui()
     title = "Slothful / Near-sighted attention"
-    values = [True, "Near-sighted tile", 0.5, 1.5]
+    values = [True, "Near-sighted attention", 0.5, 1.5]
     result = ui.txt2img(script_args=args_for(ui, title, values), prompt="a cat")
     text = result.infotexts[0]
-    assert "Slothful / Near-sighted attention Mode: Near-sighted tile" in text
+    assert "Slothful / Near-sighted attention Mode: Near-sighted attention" in text
     assert "Slothful / Near-sighted attention Peak time: 0.5" in text
-    pasted = ui.paste(text)
+    # only what differs from the defaults and what the mode uses is written
+    assert "Input slothful" not in text and "Tile size" not in text
     script = ui.script(title)
     components = ui.runner().inputs[script.args_from:script.args_to]
-    restored = [pasted.get(c) for c in components]
-    assert restored[:4] == values
+    defaults = [c.value for c in components]
+    pasted = ui.paste(text)     # sets every component: what the infotext left out is reset to its default
+    assert [pasted.get(c) for c in components] == values + defaults[len(values):]
     # the API: positional args in ui() order, missing trailing args take defaults
     api = ui.api_txt2img({"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1,
                           "alwayson_scripts": {title.upper(): {"args": values}}})

@@ -123,7 +123,7 @@ def test_an_invalid_advanced_pair_names_the_valid_pairs_and_changes_nothing(ui, 
     note = result.extra_generation_params["HiDiffusion note"]
     pairs = ", ".join(f"input {a} / output {b}" for a, b in sorted(DOWNSAMPLE_PAIRS[family].items()))
     assert note == (f"RAU-Net (Downsample/Upsample) blocks (4, 7) are not a pair of this {family} model; "
-                    f"valid pairs: {pairs}; the accordion did not run")
+                    f"valid pairs: {pairs}; HiDiffusion did not run")
     assert "HiDiffusion applied" not in result.extra_generation_params
     assert torch.equal(result.latents, off)
     result = generate(ui, family, hidiff(ui, mode="Advanced", ca_start=0.6, ca_end=0.3))

@@ -103,7 +103,7 @@ def test_save_survives_a_restart_and_use_reproduces_the_saved_image(ui, refs):
     saved = save(ui, keep_uncond=True)
     assert torch.equal(saved.latents, off.latents)                   # Save records, it changes nothing
     assert os.listdir(refs) == ["ref.safetensors"]
-    assert "RefDrop Mode: Save" in saved.infotexts[0] and note(saved) == ""
+    assert ui.pasted_values(refdrop.FEATURE, saved.infotexts[0])["mode"] == "Save" and note(saved) == ""
     with harness.use_flavour(ui.flavour):                             # a restart: fresh modules, empty cache
         from lib_omost.forge import refdrop_run
         assert refdrop_run._cache == {}
@@ -385,7 +385,7 @@ def test_use_with_omost_and_slothful_in_one_generation(ui, refs, blends):
     without[ui.script(TITLE).args_from] = False
     plain = gen(ui, without)
     result = gen(ui, args)
-    assert "Omost Method" in result.infotexts[0] and "Slothful / Near-sighted attention" in result.infotexts[0]
+    assert "Omost: True" in result.infotexts[0] and "Slothful / Near-sighted attention: True" in result.infotexts[0]
     assert blends and {step for step, _, _ in blends} == {0} and not torch.equal(result.latents, plain.latents)
     assert note(result) == ""
     values = {**refdrop.FEATURE.defaults(), "enabled": True, "mode": "Use", "reference": "ref",

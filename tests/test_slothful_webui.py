@@ -12,6 +12,7 @@ import torch
 from lib_omost.attention.core import layer_hw
 from lib_omost.attention.slothful import reduction_grid, slothful_stride
 from lib_omost.features import hidiffusion, omost, refdrop, slothful
+from lib_omost.forge.runners import PLAN_LINE
 from tests.standin import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,7 +150,7 @@ def test_every_mode_changes_the_image_on_both_families(ui, monkeypatch):
             result = generate(ui, family, args, width=width, height=height, cfg_scale=1)
             assert not torch.equal(result.latents, off), (family, mode)
             assert torch.isfinite(result.latents).all()
-            assert f"Slothful / Near-sighted attention Mode: {mode}" in result.infotexts[0]
+            assert ui.pasted_values(slothful.FEATURE, result.infotexts[0])["mode"] == mode
             # the tiled modes really tiled: first-level maps of this size, 16-token tiles
             assert bool(tiled) == (mode != slothful.SLOTHFUL), (family, mode)
             assert all(max(hw) > 16 for hw in tiled)
@@ -269,10 +270,10 @@ def test_msw_msa_takes_precedence_on_its_layers_and_the_infotext_says_so(ui, fam
     facts = model_facts(family)
     assert all(e["k"] == expected_k(e, {"input": 8.0, "output": 8.0}, **facts) for e in log)
     assert len(windows) == len(msw_layers)                         # once per MSW layer, on the last step
-    line = result.extra_generation_params["AttentionPlan"]
+    line = result.extra_generation_params[PLAN_LINE]
     assert line.startswith("precedence MSW-MSA over Slothful while both are active, on ")
     assert sorted(line.split(" on ", 1)[1].split(", ")) == sorted(f"{b}:{n}:{i}" for b, n, i in msw_layers)
-    assert 'AttentionPlan: "precedence MSW-MSA over Slothful while both are active, on ' in result.infotexts[0]
+    assert f'{PLAN_LINE}: "precedence MSW-MSA over Slothful while both are active, on ' in result.infotexts[0]
     assert harness.reported_errors() == []
 
 
@@ -309,12 +310,13 @@ def test_precedence_line_follows_each_xyz_cell_and_each_pass(ui):
     p = ui.make_p(script_args=args, prompt="a cat", cfg_scale=5)
     grid = ui.runner().run(p, *p.script_args)
     with_msw, without = (grid.cells[(i, 0, 0)].infotexts[0] for i in range(2))
-    assert "HiDiffusion MSW-MSA: True" in with_msw and 'AttentionPlan: "precedence MSW-MSA over Slothful' in with_msw
-    assert "HiDiffusion MSW-MSA: False" in without and "AttentionPlan" not in without
+    assert "HiDiffusion: True" in with_msw and "MSW-MSA: True" not in with_msw      # a default is not written
+    assert f'{PLAN_LINE}: "precedence MSW-MSA over Slothful' in with_msw
+    assert "HiDiffusion MSW-MSA: False" in without and PLAN_LINE not in without
     for hires_pass in (True, False):
         result = generate(ui, "sd15", feature_args(ui, slothful={}, hidiffusion=dict(hires_pass=hires_pass)),
                           enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1)
         params = result.extra_generation_params
-        assert params["AttentionPlan"].startswith("precedence MSW-MSA over Slothful")
-        assert ("AttentionPlan (hires pass)" in params) == hires_pass
+        assert params[PLAN_LINE].startswith("precedence MSW-MSA over Slothful")
+        assert (PLAN_LINE + " (hires pass)" in params) == hires_pass
     assert harness.reported_errors() == []

@@ -34,9 +34,16 @@ def _symbol(index: int) -> str:
     return _SYMBOLS[index] if index < len(_SYMBOLS) else "*"
 
 
+def _table_number(index: int) -> str:
+    """A region's number (1-based program order, as in the editor and the overlay labels), with its map
+    symbol where that is not the same digit."""
+    number, symbol = str(index + 1), _symbol(index)
+    return number if symbol == number else f"{number} ({symbol})"
+
+
 def format_region_table(canvas: Canvas) -> str:
-    """The global region (G) and the regions (numbered in program order, as in the overlay labels) as an
-    aligned text table: distance, rect, colour, placement, description."""
+    """The global region (G) and the regions (numbered in program order, as in the editor and the overlay
+    labels) as an aligned text table: distance, rect, colour, placement, description."""
     g = canvas.global_region
     rows = [("#", "distance", "rect [t, b, l, r]", "colour", "placement", "description"),
             ("G", "-", "[0, 90, 0, 90]", color_label(g.color), "whole canvas", _short(g.description, DESCRIPTION_WIDTH))]
@@ -44,7 +51,7 @@ def format_region_table(canvas: Canvas) -> str:
         placement = (f"{r.location}, {r.offset}, {r.area}" if None not in (r.location, r.offset, r.area)
                      else "free rectangle")
         rect = "[" + ", ".join(_number(v) for v in r.rect) + "]"
-        rows.append((_symbol(i), _number(r.distance), rect, color_label(r.color), placement,
+        rows.append((_table_number(i), _number(r.distance), rect, color_label(r.color), placement,
                      _short(r.description, DESCRIPTION_WIDTH)))
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -50,29 +50,33 @@ NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
 SD15_ADVANCED_PAIRS = {"raunet": (3, 8), "ca": (4, 8)}
 SDXL_ADVANCED_PAIRS = {"raunet": (3, 5), "ca": (4, 5)}
 
+SIMPLE_ONLY, ADVANCED_ONLY = (("mode", (SIMPLE,)),), (("mode", (ADVANCED,)),)
+MSW_ON = (("msw_msa", (True,)),)
+RAUNET_ON, CA_ON = ADVANCED_ONLY + (("raunet", (True,)),), ADVANCED_ONLY + (("ca", (True,)),)
+
 FEATURE = Feature("hidiffusion", "HiDiffusion", (
     Param("mode", "Mode", CHOICE, SIMPLE, choices=(SIMPLE, ADVANCED)),
-    Param("resolution", "Resolution mode", CHOICE, AUTO, choices=(AUTO, *RESOLUTION_MODES),
+    Param("resolution", "Resolution mode", CHOICE, AUTO, choices=(AUTO, *RESOLUTION_MODES), when=SIMPLE_ONLY,
           help="Simple mode: the preset for the image size (auto: from width x height vs the model's native size)."),
     Param("msw_msa", "MSW-MSA", BOOL, True, help="Shifted-window self-attention on the high-resolution layers."),
-    Param("msw_start", "MSW-MSA start", FLOAT, 0.2, 0.0, 1.0, 0.01),
-    Param("msw_end", "MSW-MSA end", FLOAT, 1.0, 0.0, 1.0, 0.01),
+    Param("msw_start", "MSW-MSA start", FLOAT, 0.2, 0.0, 1.0, 0.01, when=MSW_ON),
+    Param("msw_end", "MSW-MSA end", FLOAT, 1.0, 0.0, 1.0, 0.01, when=MSW_ON),
     Param("hires_pass", "Apply in hires pass", BOOL, True,
           help="Also patch the hires-fix second pass (it runs at the high resolution HiDiffusion is for)."),
-    Param("raunet", "RAU-Net", BOOL, True, help="Advanced mode: resolution-aware Downsample/Upsample pair."),
-    Param("raunet_in", "RAU-Net input block", INT, 3, 0, 11, 1),
-    Param("raunet_out", "RAU-Net output block", INT, 8, 0, 11, 1),
-    Param("raunet_start", "RAU-Net start", FLOAT, 0.0, 0.0, 1.0, 0.01),
-    Param("raunet_end", "RAU-Net end", FLOAT, 0.45, 0.0, 1.0, 0.01),
-    Param("upscale_mode", "Upscale mode", CHOICE, "bicubic", choices=UPSCALE_MODES),
-    Param("ca", "CA", BOOL, True, help="Advanced mode: pool after an attention input block, resize back later."),
-    Param("ca_in", "CA input block", INT, 4, 0, 11, 1),
-    Param("ca_out", "CA output block", INT, 8, 0, 11, 1),
-    Param("ca_start", "CA start", FLOAT, 0.0, 0.0, 1.0, 0.01),
-    Param("ca_end", "CA end", FLOAT, 0.3, 0.0, 1.0, 0.01),
-    Param("ca_downscale_mode", "CA downscale mode", CHOICE, "avg_pool", choices=CA_DOWNSCALE_MODES),
-    Param("ca_factor", "CA downscale factor", FLOAT, 2.0, 1.0, 4.0, 0.5),
-    Param("ca_upscale_mode", "CA upscale mode", CHOICE, "bicubic", choices=UPSCALE_MODES),
+    Param("raunet", "RAU-Net", BOOL, True, when=ADVANCED_ONLY, help="Advanced mode: resolution-aware Downsample/Upsample pair."),
+    Param("raunet_in", "RAU-Net input block", INT, 3, 0, 11, 1, when=RAUNET_ON),
+    Param("raunet_out", "RAU-Net output block", INT, 8, 0, 11, 1, when=RAUNET_ON),
+    Param("raunet_start", "RAU-Net start", FLOAT, 0.0, 0.0, 1.0, 0.01, when=RAUNET_ON),
+    Param("raunet_end", "RAU-Net end", FLOAT, 0.45, 0.0, 1.0, 0.01, when=RAUNET_ON),
+    Param("upscale_mode", "Upscale mode", CHOICE, "bicubic", choices=UPSCALE_MODES, when=RAUNET_ON),
+    Param("ca", "CA", BOOL, True, when=ADVANCED_ONLY, help="Advanced mode: pool after an attention input block, resize back later."),
+    Param("ca_in", "CA input block", INT, 4, 0, 11, 1, when=CA_ON),
+    Param("ca_out", "CA output block", INT, 8, 0, 11, 1, when=CA_ON),
+    Param("ca_start", "CA start", FLOAT, 0.0, 0.0, 1.0, 0.01, when=CA_ON),
+    Param("ca_end", "CA end", FLOAT, 0.3, 0.0, 1.0, 0.01, when=CA_ON),
+    Param("ca_downscale_mode", "CA downscale mode", CHOICE, "avg_pool", choices=CA_DOWNSCALE_MODES, when=CA_ON),
+    Param("ca_factor", "CA downscale factor", FLOAT, 2.0, 1.0, 4.0, 0.5, when=CA_ON),
+    Param("ca_upscale_mode", "CA upscale mode", CHOICE, "bicubic", choices=UPSCALE_MODES, when=CA_ON),
     Param("time_mode", "Time windows in", CHOICE, PERCENT, choices=(PERCENT, STEP_FRACTION),
           help="percent: of the noise schedule, through the model's percent->sigma; step fraction: of the "
                "sampling steps, as the original HiDiffusion counts them."),

@@ -23,13 +23,13 @@ from lib_omost.attention.refdrop import (BRANCHES, MIB, MissingReferenceError, R
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, TEXT, Feature, Param
 
-DISABLED, SAVE, USE = "Disabled", "Save", "Use"
+SAVE, USE = "Save", "Use"
 GROUPS = ("input", "middle", "output")
 
 FEATURE = Feature("refdrop", "RefDrop", (
-    Param("mode", "Mode", CHOICE, USE, choices=(DISABLED, SAVE, USE),
+    Param("mode", "Mode", CHOICE, SAVE, choices=(SAVE, USE),
           help="Save: record this generation's self-attention as the named reference. Use: blend it in."),
-    Param("coefficient", "Coefficient", FLOAT, 0.3, -1.0, 1.0, 0.01,
+    Param("coefficient", "Coefficient", FLOAT, 0.3, -1.0, 1.0, 0.01, when=(("mode", (USE,)),),
           help="c > 0 (0.2-0.6): consistency with the reference; c < 0 (-0.2 to -0.3): diversity."),
     Param("reference", "Reference", TEXT, "default",
           help="Name of the reference to save or use (a file in the extension's refdrop_references folder)."),
@@ -40,9 +40,9 @@ FEATURE = Feature("refdrop", "RefDrop", (
     Param("output", "Output layers", BOOL, True),
     Param("disabled_layers", "Disabled layers", TEXT, "", xyz=False,
           help="Layers to skip, as group:index or group:first-last, comma separated (e.g. output:0-3)."),
-    Param("hires_pass", "Apply in hires pass", BOOL, False,
+    Param("hires_pass", "Apply in hires pass", BOOL, False, when=(("mode", (USE,)),),
           help="Save records only the first pass; Use blends in the hires pass too when on."),
-    Param("keep_uncond", "Store negative rows too", BOOL, False, xyz=False,
+    Param("keep_uncond", "Store negative rows too", BOOL, False, xyz=False, when=(("mode", (SAVE,)),),
           help="Save the negative prompt's K/V too (twice the memory); otherwise it uses the positive ones."),
 ))
 

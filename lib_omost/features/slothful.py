@@ -44,35 +44,41 @@ SLOTHFUL, TILE, NEAR_SIGHTED = "Slothful attention", "Near-sighted tile", "Near-
 PATTERN_GROUP = "self-attention pattern"
 
 
+REDUCING = (("mode", (SLOTHFUL, NEAR_SIGHTED)),)     # the modes that shorten K/V over time
+TILING = (("mode", (TILE, NEAR_SIGHTED)),)
+TILE_ONLY = (("mode", (TILE,)),)
+NEAR_SIGHTED_ONLY = (("mode", (NEAR_SIGHTED,)),)
+
+
 def _side_params(side: str, label: str, slothful: float) -> tuple[Param, ...]:
     return (
-        Param(f"{side}_mode", f"{label} mode", CHOICE, "2D_AVG", choices=MODES,
+        Param(f"{side}_mode", f"{label} mode", CHOICE, "2D_AVG", choices=MODES, when=REDUCING,
               help="1D: along the token sequence; 2D: on the image grid. AVG or MAX pooling."),
-        Param(f"{side}_slothful", f"{label} slothful", FLOAT, slothful, 0.0, 50.0, 0.1,
+        Param(f"{side}_slothful", f"{label} slothful", FLOAT, slothful, 0.0, 50.0, 0.1, when=REDUCING,
               help="Reduction strength: K/V are shortened by up to this factor (<= 1: untouched)."),
-        Param(f"{side}_depth_decay", f"{label} depth decay", FLOAT, 2.0, 0.0, 10.0, 0.1),
-        Param(f"{side}_k_blend", f"{label} K blend", FLOAT, 0.0, 0.0, 1.0, 0.01,
+        Param(f"{side}_depth_decay", f"{label} depth decay", FLOAT, 2.0, 0.0, 10.0, 0.1, when=REDUCING),
+        Param(f"{side}_k_blend", f"{label} K blend", FLOAT, 0.0, 0.0, 1.0, 0.01, when=REDUCING,
               help="0 = strided sample, 1 = pooled."),
-        Param(f"{side}_v_blend", f"{label} V blend", FLOAT, 0.0, 0.0, 1.0, 0.01),
+        Param(f"{side}_v_blend", f"{label} V blend", FLOAT, 0.0, 0.0, 1.0, 0.01, when=REDUCING),
     )
 
 
 FEATURE = Feature("slothful", "Slothful / Near-sighted attention", (
     Param("mode", "Mode", CHOICE, SLOTHFUL, choices=(SLOTHFUL, TILE, NEAR_SIGHTED)),
-    Param("peak_time", "Peak time", FLOAT, 0.4, 0.0, 1.0, 0.01,
+    Param("peak_time", "Peak time", FLOAT, 0.4, 0.0, 1.0, 0.01, when=REDUCING,
           help="Denoising progress (0 = start, 1 = end) where the reduction is strongest."),
-    Param("time_decay", "Time decay", FLOAT, 2.0, 0.0, 10.0, 0.1, help="0 = the same reduction at every step."),
+    Param("time_decay", "Time decay", FLOAT, 2.0, 0.0, 10.0, 0.1, when=REDUCING, help="0 = the same reduction at every step."),
     *_side_params("in", "Input", 6.0),
     *_side_params("out", "Output", 4.0),
-    Param("tiling_max_depth", "Tiling max depth", INT, 2, 1, 3, 1,
+    Param("tiling_max_depth", "Tiling max depth", INT, 2, 1, 3, 1, when=TILING,
           help="Tile levels with channels/model channels <= 2^(depth - 1)."),
-    Param("tile_size", "Tile size", INT, 32, 16, 64, 1, help="Near-sighted tile: tile edge in latent tokens."),
-    Param("global_ratio", "Global ratio", FLOAT, 0.5, 0.0, 2.0, 0.05,
+    Param("tile_size", "Tile size", INT, 32, 16, 64, 1, when=TILE_ONLY, help="Near-sighted tile: tile edge in latent tokens."),
+    Param("global_ratio", "Global ratio", FLOAT, 0.5, 0.0, 2.0, 0.05, when=TILE_ONLY,
           help="Near-sighted tile: global sample size relative to a tile's own keys (0 = none)."),
-    Param("base_tile", "Base tile", INT, 24, 16, 64, 1, help="Near-sighted attention: tile size off-peak."),
-    Param("peak_tile", "Peak tile", INT, 32, 16, 64, 1, help="Near-sighted attention: tile size at the peak."),
-    Param("base_global", "Base global ratio", FLOAT, 0.2, 0.0, 2.0, 0.05),
-    Param("peak_global", "Peak global ratio", FLOAT, 0.8, 0.0, 2.0, 0.05),
+    Param("base_tile", "Base tile", INT, 24, 16, 64, 1, when=NEAR_SIGHTED_ONLY, help="Near-sighted attention: tile size off-peak."),
+    Param("peak_tile", "Peak tile", INT, 32, 16, 64, 1, when=NEAR_SIGHTED_ONLY, help="Near-sighted attention: tile size at the peak."),
+    Param("base_global", "Base global ratio", FLOAT, 0.2, 0.0, 2.0, 0.05, when=NEAR_SIGHTED_ONLY),
+    Param("peak_global", "Peak global ratio", FLOAT, 0.8, 0.0, 2.0, 0.05, when=NEAR_SIGHTED_ONLY),
 ))
 
 

@@ -38,6 +38,14 @@ def clear_infotext(p, feature: Feature) -> None:
         del notes[key]
 
 
+def did_not_run(p, feature: Feature, reason: str) -> None:
+    """The one rule for an accordion that did not run: its infotext holds only the note saying why (the
+    first pass's entries stay when only a hires pass failed)."""
+    if not getattr(p, "is_hr_pass", False):
+        clear_infotext(p, feature)
+    report_problem(p, feature, f"{reason}; {feature.title} did not run")
+
+
 def read_values(p, feature: Feature, args: Sequence[Any]) -> dict[str, Any] | None:
     """The validated values of this generation (xyz overrides applied), or None after reporting why not.
 
@@ -48,7 +56,7 @@ def read_values(p, feature: Feature, args: Sequence[Any]) -> dict[str, Any] | No
     try:
         values = feature.values(args, overrides_of(p))
     except ParamError as e:
-        report_problem(p, feature, f"{e}; the accordion did not run")
+        did_not_run(p, feature, str(e))
         return None
     return values if values["enabled"] else None
 
@@ -58,7 +66,7 @@ def loaded_model_info(p, feature: Feature):
     try:
         return model_info(p.sd_model, p.sd_model.forge_objects.unet)
     except UnsupportedModel as e:
-        report_problem(p, feature, f"{e}; the accordion did not run")
+        did_not_run(p, feature, str(e))
         return None
 
 

@@ -16,7 +16,7 @@ import torch
 from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text, region_masks
 from lib_omost.features import omost
 from lib_omost.forge import omost_start
-from lib_omost.forge.generation import loaded_model_info, read_values, report_problem
+from lib_omost.forge.generation import did_not_run, loaded_model_info, read_values, report_problem
 from lib_omost.forge.plan_install import apply_feature
 from lib_omost.prompts import count_words
 
@@ -164,7 +164,7 @@ def run_omost(p, args, **sampling) -> None:
     try:
         canvas = parse_canvas(values["canvas"])
     except CanvasError as e:
-        report_problem(p, feature, f"{e}; Omost did not run")
+        did_not_run(p, feature, str(e))
         return
     info = loaded_model_info(p, feature)
     if info is None:

@@ -6,6 +6,9 @@ are UI only (not script arguments, so the API argument order is the declaration'
 
 from __future__ import annotations
 
+import base64
+import io
+
 from lib_omost.canvas import CanvasError, load_canvas_text, overlay_image
 from lib_omost.canvas.cli import format_region_table
 from lib_omost.forge import omost_chat
@@ -44,14 +47,24 @@ def _opt(key: str):
 
 
 def preview(canvas_text: str):
-    """(overlay image or no change, region table or the error) for the JSON box's text."""
+    """(layout preview HTML or no change, region table or the error) for the JSON box's text."""
     import gradio as gr
     try:
         canvas = load_canvas_text(canvas_text).canvas
     except CanvasError as e:
         return gr.update(), f"**Canvas error:** {e}"
     table = format_region_table(canvas)
-    return overlay_image(canvas, PREVIEW_SIDE, PREVIEW_SIDE), f"```\n{table}\n```"
+    return image_html(overlay_image(canvas, PREVIEW_SIDE, PREVIEW_SIDE)), f"```\n{table}\n```"
+
+
+def image_html(image) -> str:
+    """An <img> holding the PNG inline. An image component would save every value through the WebUI's
+    temp-file hook, which fails where the WebUI's temp folder does not exist (Forge Neo's default)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<img class="omost-layout-preview" alt="Layout preview: colours and region boxes" '
+            f'src="data:image/png;base64,{data}">')
 
 
 def _session(session):
@@ -64,41 +77,41 @@ def build_omost_ui(make, is_img2img: bool) -> None:
     import gradio as gr
     tab = "img2img" if is_img2img else "txt2img"
     state = gr.State(None)
+    chatbot = gr.Chatbot(show_label=False, height=440, elem_id=f"omost_{tab}_chatbot")
+    message = gr.Textbox(label="Request", lines=2, placeholder="Describe the image, or the change to make")
     with gr.Row():
-        with gr.Column():
-            chatbot = gr.Chatbot(label="Omost chat", height=360, elem_id=f"omost_{tab}_chatbot")
-            message = gr.Textbox(label="Request", lines=2, placeholder="Describe the image, or the change to make")
-            with gr.Row():
-                send = gr.Button("Send", variant="primary")
-                stop = gr.Button("Stop")
-                retry = gr.Button("Retry")
-                undo = gr.Button("Undo")
-                clear = gr.Button("Clear")
-            status = gr.Markdown("")
-            with gr.Accordion("LLM settings", open=False):
-                backend = gr.Radio(list(omost_chat.BACKENDS), value=omost_chat.SERVER, label="Backend")
-                endpoint = gr.Textbox(label="Server URL", value=_opt("omost_llm_endpoint"))
-                model_name = gr.Textbox(label="Server model (empty: the first model the server lists)")
-                api_key = gr.Textbox(label="API key (never saved, logged or written to images)", type="password")
-                local_model = gr.Textbox(label="Local model (Hugging Face name or folder)",
-                                         value=_opt("omost_llm_local_model"))
-                trust = gr.Checkbox(False, label="trust_remote_code (runs code shipped with the model; phi-3 on "
-                                                 "some transformers versions)")
-                with gr.Row():
-                    temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.01, label="Temperature (0 = greedy)")
-                    top_p = gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Top p")
-                with gr.Row():
-                    max_tokens = gr.Slider(128, 8192, value=4096, step=64, label="Max new tokens")
-                    llm_seed = gr.Number(-1, label="LLM seed (-1 = random)", precision=0)
-                unload = gr.Button("Unload the local model")
-        with gr.Column():
+        send = gr.Button("Send", variant="primary")
+        stop = gr.Button("Stop")
+        retry = gr.Button("Retry")
+        undo = gr.Button("Undo")
+        clear = gr.Button("Clear")
+    status = gr.Markdown("")
+    with gr.Accordion("LLM settings", open=False):
+        backend = gr.Radio(list(omost_chat.BACKENDS), value=omost_chat.SERVER, label="Backend")
+        endpoint = gr.Textbox(label="Server URL", value=_opt("omost_llm_endpoint"))
+        model_name = gr.Textbox(label="Server model (empty: the first model the server lists)")
+        api_key = gr.Textbox(label="API key (never saved, logged or written to images)", type="password")
+        local_model = gr.Textbox(label="Local model (Hugging Face name or folder)",
+                                 value=_opt("omost_llm_local_model"), visible=False)
+        trust = gr.Checkbox(False, label="trust_remote_code (runs code shipped with the model; phi-3 on "
+                                         "some transformers versions)", visible=False)
+        with gr.Row():
+            temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.01, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Top p")
+        with gr.Row():
+            max_tokens = gr.Slider(128, 8192, value=4096, step=64, label="Max new tokens")
+            llm_seed = gr.Number(-1, label="LLM seed (-1 = random)", precision=0)
+        unload = gr.Button("Unload the local model", visible=False)
+    with gr.Row():
+        with gr.Column(scale=3):
             canvas = make("canvas", elem_id=f"omost_{tab}_canvas_json", lines=8, max_lines=30)
             gr.HTML('<div class="omost-canvas-editor-mount"></div>', elem_id=f"omost_{tab}_canvas_editor")
             with gr.Row():
                 example = gr.Button("Load the example canvas")
                 to_chat = gr.Button("Send edited canvas to the chat")
+        with gr.Column(scale=2):
             first_image, first_table = preview(omost_chat.example_json_text())
-            image = gr.Image(first_image, label="Layout", type="pil", interactive=False, height=PREVIEW_SIDE)
+            image = gr.HTML(first_image, elem_id=f"omost_{tab}_layout")
             regions = gr.Markdown(first_table)
     with gr.Row():
         make("method")
@@ -110,6 +123,11 @@ def build_omost_ui(make, is_img2img: bool) -> None:
         make("initial_latent")
 
     llm_inputs = [backend, endpoint, model_name, api_key, local_model, trust, temperature, top_p, max_tokens, llm_seed]
+    server_only, local_only = [endpoint, model_name, api_key], [local_model, trust, unload]
+
+    def show_backend(choice):
+        server = choice == omost_chat.SERVER
+        return [gr.update(visible=server)] * len(server_only) + [gr.update(visible=not server)] * len(local_only)
 
     def with_preview(updates):
         """Add the layout preview to a stream of (pairs, canvas text, status), rendered when the text changes
@@ -169,4 +187,5 @@ def build_omost_ui(make, is_img2img: bool) -> None:
     example.click(fn=load_example, inputs=[], outputs=[canvas, image, regions])
     unload.click(fn=unload_model, inputs=[], outputs=[status])
     canvas.change(fn=preview, inputs=[canvas], outputs=[image, regions], show_progress=False)
+    backend.change(fn=show_backend, inputs=[backend], outputs=[*server_only, *local_only], show_progress=False)
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMismatchError, ReferenceStore,
                                          check_reference_family, load_reference, save_reference, step_index)
 from lib_omost.features import refdrop
-from lib_omost.forge.generation import loaded_model_info, read_values, report_problem, write_infotext
+from lib_omost.forge.generation import (did_not_run, loaded_model_info, read_values, report_problem,
+                                       write_infotext)
 from lib_omost.forge.plan_install import apply_feature
 from lib_omost.forge.webui import schedule_sigmas
 
@@ -131,12 +132,11 @@ def latent_size(p) -> tuple[int, int]:
 def run_refdrop(p, args, **_sampling) -> None:
     feature = refdrop.FEATURE
     values = read_values(p, feature, args)
-    if values is None or values["mode"] == refdrop.DISABLED:
+    if values is None:
         return
     info = loaded_model_info(p, feature)
     if info is None:
         return
-    write_infotext(p, feature, values)
     hires = getattr(p, "is_hr_pass", False)
     if hires and (values["mode"] == refdrop.SAVE or not values["hires_pass"]):
         return
@@ -171,8 +171,9 @@ def run_refdrop(p, args, **_sampling) -> None:
             stage = refdrop.RefDropStage(refdrop.USE, held, store, step_of, limit, values["coefficient"],
                                          reference=name)
     except (ValueError, FileNotFoundError, ReferenceMismatchError, ReferenceBudgetError) as e:
-        report_problem(p, feature, f"{e}; RefDrop did not run")
+        did_not_run(p, feature, str(e))
         return
+    write_infotext(p, feature, values)
     setattr(p, STAGES_ATTR, [*getattr(p, STAGES_ATTR, []), stage])
     apply_feature(p, feature.key, info, [stage])
 

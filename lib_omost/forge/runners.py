@@ -11,6 +11,7 @@ import logging
 from lib_omost.features import hidiffusion, slothful
 from lib_omost.forge.blocks import install_block_patches, upsample_hook_available
 from lib_omost.forge.generation import (
+    did_not_run,
     loaded_model_info,
     read_values,
     report_problem,
@@ -28,7 +29,8 @@ def image_seed(p) -> int:
     return int(seeds[0]) if seeds else int(getattr(p, "seed", 0) or 0)
 
 
-PLAN_LINE = "AttentionPlan"      # infotext: the precedence decisions (Slothful / Near-sighted vs MSW-MSA)
+# infotext: the precedence decisions; the stage that yields is always Slothful / Near-sighted (to MSW-MSA)
+PLAN_LINE = f"{slothful.FEATURE.title} precedence"
 HIRES = " (hires pass)"
 
 
@@ -98,7 +100,7 @@ def run_hidiffusion(p, args, **_sampling) -> None:
     try:
         settings = hidiffusion.resolve(values, info.unet_family, *pass_size(p))
     except ValueError as e:
-        report_problem(p, feature, f"{e}; the accordion did not run")
+        did_not_run(p, feature, str(e))
         return
     if getattr(p.sd_model.forge_objects.unet, "controlnet_linked_list", None) is not None and (settings.raunet or settings.ca):
         report_problem(p, feature, "ControlNet is active: its residuals have the normal UNet sizes, so RAU-Net "

@@ -5,16 +5,20 @@ from __future__ import annotations
 from lib_omost.forge.ui import install_script_ui, register_xyz_axes
 
 
-def register_xyz(feature) -> None:
-    """Add the feature's parameters to the X/Y/Z plot.
+def register_feature(feature) -> None:
+    """Add the feature's parameters to the X/Y/Z plot, and complete its pasted infotext.
 
-    Right away when the plot script is already loaded (the WebUI loads its own scripts/ before extensions,
+    The infotext holds only values that differ from their defaults, so a paste fills the others in
+    (``Feature.complete_pasted``) before the WebUI sets the components.
+
+    The axes are added right away when the plot script is already loaded (the WebUI loads its own scripts/ before extensions,
     and in API-only mode the plot's UI is built before any before_ui callback runs), and again from
     on_before_ui for a plot loaded later; labels already present are not added twice.
     """
     from modules import script_callbacks
     register_xyz_axes([feature])
     script_callbacks.on_before_ui(lambda: register_xyz_axes([feature]))
+    script_callbacks.on_infotext_pasted(lambda infotext, params: feature.complete_pasted(params))
 
 
 class AccordionScript:
@@ -42,4 +46,4 @@ class AccordionScript:
         self.run(p, args, **kwargs)
 
 
-__all__ = ["AccordionScript", "install_script_ui", "register_xyz"]
+__all__ = ["AccordionScript", "install_script_ui", "register_feature"]

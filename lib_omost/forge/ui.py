@@ -45,25 +45,58 @@ def feature_components(feature: Feature, is_img2img: bool, build: Callable | Non
     """The accordion (enable flag) and {param name: component}.
 
     ``build(make, is_img2img)`` may arrange the components itself (rows, extra buttons); it must call
-    ``make(name, **gradio_kwargs)`` once per parameter. Without it the components are stacked in declaration order.
+    ``make(name, **gradio_kwargs)`` once per parameter. Without it the components are stacked in declaration
+    order. If ``build`` fails, the error is shown in the accordion and logged, and the parameters it did not
+    make are stacked after it: the script still returns every component, so the WebUI's argument positions
+    of every other script stay right.
     """
+    import gradio as gr
     from modules.ui_components import InputAccordion
     made: dict[str, Any] = {}
+    defaults = feature.defaults()
 
     def make(name: str, **extra):
-        made[name] = component(feature.by_name[name], **{"elem_id": elem_id(feature, name, is_img2img), **extra})
+        param = feature.by_name[name]
+        made[name] = component(param, **{"elem_id": elem_id(feature, name, is_img2img),
+                                         "visible": feature.in_use(param, defaults), **extra})
         return made[name]
 
     with InputAccordion(False, label=feature.title, elem_id=elem_id(feature, "enabled", is_img2img)) as enabled:
-        if build is None:
-            for param in feature.params:
+        if build is not None:
+            try:
+                build(make, is_img2img)
+            except Exception as e:      # a UI that cannot be built must not take the WebUI down with it
+                log.exception("%s: building the accordion failed", feature.title)
+                gr.Markdown(f"**{feature.title}: part of this accordion could not be built** ({e}); "
+                            "the console has the details.")
+        for param in feature.params:
+            if param.name not in made:
                 make(param.name)
-        else:
-            build(make, is_img2img)
-    missing = [p.name for p in feature.params if p.name not in made]
-    if missing:
-        raise RuntimeError(f"{feature.title}: UI built without components for {missing}")
+    show_what_is_used(feature, made)
     return enabled, made
+
+
+def show_what_is_used(feature: Feature, components: dict) -> None:
+    """Hide the controls the chosen modes do not use (``Param.when``), following every control they depend on."""
+    dependents = [p for p in feature.params if p.when]
+    controls = sorted({name for p in dependents for name, _ in p.when})
+    if not dependents:
+        return
+
+    def visibility(*control_values):
+        import gradio as gr
+        values = dict(feature.defaults())
+        for name, value in zip(controls, control_values):
+            try:
+                values[name] = feature.by_name[name].coerce(value)
+            except ValueError:
+                pass            # a value being typed: keep the default's view until it is valid
+        return [gr.update(visible=feature.in_use(p, values)) for p in dependents]
+
+    inputs = [components[name] for name in controls]
+    outputs = [components[p.name] for p in dependents]
+    for control in inputs:
+        control.change(fn=visibility, inputs=inputs, outputs=outputs, show_progress=False)
 
 
 def paste_table(feature: Feature, enabled, components: dict) -> list[tuple[Any, Any]]:

@@ -244,6 +244,14 @@ class WebUI:
         from modules.api import api
         return api.txt2img(request, self.api_defaults("txt2img"))
 
+    def pasted_values(self, feature, infotext: str) -> dict:
+        """The values of ``feature`` that pasting ``infotext`` gives (the WebUI's parser, then the paste
+        callbacks, then the feature's reading of the parsed keys)."""
+        from modules import infotext_utils, script_callbacks
+        params = infotext_utils.parse_generation_parameters(infotext)
+        script_callbacks.infotext_pasted_callback(infotext, params)
+        return feature.from_infotext(params)
+
     def paste(self, infotext: str, tab: str = "txt2img") -> dict:
         """{component: value} that pasting ``infotext`` would set in this tab."""
         from modules import infotext_utils
