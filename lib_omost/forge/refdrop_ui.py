@@ -20,8 +20,8 @@ def build_refdrop_ui(make, is_img2img: bool) -> None:
     import gradio as gr
     make("mode")
     make("coefficient")
-    with gr.Row():
-        reference = make("reference")
+    reference = make("reference")
+    with gr.Row():      # a row of their own: beside the text box they would stretch to its height
         refresh = gr.Button("Refresh list", size="sm")
         delete = gr.Button("Delete reference", size="sm", variant="stop")
     status = gr.Markdown(_listing())
