@@ -243,12 +243,12 @@ async function waitForText(page, predicate, tab = 'txt2img') {
 const click = (page, action) => page.click(`#omost_txt2img_canvas_editor [data-action=${action}]`);
 
 describe('canvas editor (headless Chromium)', () => {
-    test('mounts on onUiLoaded and draws the global colour, then boxes far to near (0.7 over 0.3)', async () => {
+    test('mounts on onUiLoaded, lists regions far to near numbered in program order, draws the global colour, then boxes far to near (0.7 over 0.3)', async () => {
         const page = await openEditor();
         assert.deepEqual(await listTitles(page), [
             'Global: A fierce battle between warriors and a dragon.',
-            '1. A stormy sky with flashes of lightning.', '2. A mighty dragon.',
-            '3. A group of fierce warriors.', '4. A debris-covered battlefield.'
+            '3. A stormy sky with flashes of lightning.', '2. A mighty dragon.',
+            '1. A group of fierce warriors.', '4. A debris-covered battlefield.'
         ]);
         const box = await canvasBox(page);
         assert.ok(Math.abs(box.w - box.h) <= 1, `512x512 is drawn square: ${box.w}x${box.h}`);
@@ -403,14 +403,14 @@ describe('canvas editor (headless Chromium)', () => {
         await click(page, 'farther');
         let doc = await jsonOf(page);
         assert.ok(doc.regions[0].distance > 7 && doc.regions[0].distance < 10, String(doc.regions[0].distance));
-        assert.deepEqual((await listTitles(page)).slice(1, 3), ['1. A stormy sky with flashes of lightning.', '2. A group of fierce warriors.']);
+        assert.deepEqual((await listTitles(page)).slice(1, 3), ['3. A stormy sky with flashes of lightning.', '1. A group of fierce warriors.']);
         await click(page, 'farther');
         doc = await jsonOf(page);
         assert.ok(doc.regions[0].distance > 10);
         assert.equal((await listTitles(page))[1], '1. A group of fierce warriors.');
         for (let k = 0; k < 3; k++) await click(page, 'nearer');
         doc = await jsonOf(page);
-        assert.equal((await listTitles(page))[4], '4. A group of fierce warriors.');
+        assert.equal((await listTitles(page))[4], '1. A group of fierce warriors.');
         assert.ok(doc.regions[0].distance > 0 && doc.regions[0].distance < 5);
         assert.deepEqual(doc.regions.slice(1).map((r) => r.distance), [7, 10, 5], 'only the moved box changed distance');
         // the drawing follows: warriors now in front of the battlefield at (5, 62)
