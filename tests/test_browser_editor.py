@@ -31,18 +31,23 @@ def missing_requirements() -> list[str]:
     return missing
 
 
-def test_canvas_editor_in_headless_chromium():
+def require_browser():
+    """Skips (outside CI) or fails (in CI) when this machine cannot run the browser tests."""
     missing = missing_requirements()
     if missing:
         reason = "browser tests cannot run: " + "; ".join(missing) + f" (install: {INSTALL_HINT})"
         if os.environ.get("CI"):
             pytest.fail(reason + " [CI is set, so this is a failure]")
         pytest.skip(reason)
+
+
+def run_node_tests(test_file: str, extra_env: dict | None = None) -> str:
+    """Runs `node --test` on one file of tests/browser; fails unless at least one test ran and every test passed."""
     try:
         result = subprocess.run(
-            ["node", "--test", "--test-reporter=spec", "editor.test.mjs"],
+            ["node", "--test", "--test-reporter=spec", test_file],
             cwd=BROWSER_DIR,
-            env={**os.environ, "OMOST_CHROMIUM": str(CHROMIUM), "NO_COLOR": "1"},
+            env={**os.environ, "OMOST_CHROMIUM": str(CHROMIUM), "NO_COLOR": "1", **(extra_env or {})},
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
@@ -54,3 +59,9 @@ def test_canvas_editor_in_headless_chromium():
     counts = {k: int(v) for k, v in re.findall(r"^ℹ (tests|pass|fail|skipped|cancelled|todo) (\d+)$", output, re.M)}
     assert counts.get("tests", 0) > 0, f"no browser test ran:\n{output}"
     assert counts.get("pass") == counts["tests"], f"not every browser test passed ({counts}):\n{output}"
+    return output
+
+
+def test_canvas_editor_in_headless_chromium():
+    require_browser()
+    run_node_tests("editor.test.mjs")
