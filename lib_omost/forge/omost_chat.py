@@ -17,7 +17,7 @@ import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text
 from lib_omost.features.omost import FEATURE
@@ -26,7 +26,7 @@ from lib_omost.llm import (Conversation, EndpointConfig, Failed, Finished, Gener
                            ask, retry, system_prompt)
 from lib_omost.llm.events import DEFAULT_MAX_ANSWER_CHARS, finish_note
 from lib_omost.llm.openai_compat import DEFAULT_READ_TIMEOUT
-from lib_omost.llm.redaction import redact, url_secrets
+from lib_omost.llm.redaction import redact, shown_url, url_secrets
 
 SERVER, LOCAL = "OpenAI-compatible server", "Local model (transformers)"
 BACKENDS = (SERVER, LOCAL)
@@ -69,7 +69,7 @@ class LLMChoice:
     backend: str = SERVER
     endpoint: str = ""
     model: str = ""
-    api_key: str = field(default="", repr=False)
+    api_key: str = ""
     local_model: str = ""
     trust_remote_code: bool = False
     temperature: float = 0.6
@@ -98,6 +98,12 @@ class LLMChoice:
             seed=None if seed < 0 else seed,
             max_answer_chars=ui_number(self.max_answer_chars, "the answer cap (Settings → Omost, characters)",
                                        whole=True))
+
+    def __repr__(self) -> str:
+        """Every field but the API key, the server URL's credentials masked."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
+        shown["endpoint"] = shown_url(str(self.endpoint))
+        return "LLMChoice(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
 
     def secrets(self) -> tuple[str, ...]:
         """What no status line may show: the API key and the server URL's credentials."""
