@@ -25,7 +25,8 @@ from lib_omost.llm.events import (DEFAULT_MAX_ANSWER_CHARS, Failed, Finished, Ge
                                   TextDelta)
 from lib_omost.llm.openai_compat import (EndpointConfig, OpenAIBackend, SSEDecoder, SSEError, _read_stream,
                                          _Reading, max_event_bytes)
-from lib_omost.llm.redaction import StreamRedactor, redact, secret_forms, shown_url, url_secrets
+from lib_omost.llm.redaction import (StreamRedactor, redact, secret_forms, shown_url, split_credentials,
+                                     url_secrets)
 from lib_omost.terminal import printable
 from tests.test_llm_openai import KEY, Server, chunk, collect, good_stream
 
@@ -177,6 +178,18 @@ def test_credentials_echoed_into_the_answer_are_masked_even_split_over_tokens(se
     assert_hidden(out.out + out.err, secrets)
 
 
+@pytest.mark.parametrize("kind", list(CREDENTIALS))
+def test_credentials_never_reach_a_log_line(server, kind, caplog):
+    import logging
+    endpoint, key, secrets = CREDENTIALS[kind]
+    caplog.set_level(logging.DEBUG)
+    assert collect(OpenAIBackend(EndpointConfig(endpoint(server), api_key=key)))[0]  # models, then the answer
+    auth = server.chats[0]["headers"]["Authorization"]
+    assert auth == ("Bearer " + KEY if key else "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+    assert "HTTP Request: POST http://127.0.0.1:" in caplog.text  # httpx logs each request's URL: without them
+    assert_hidden(caplog.text, secrets)
+
+
 def test_bad_endpoint_settings_never_show_credentials(capsys):
     for url in ("ftp://omost:hunter2hunter2@h/v1", "omost:hunter2hunter2@h:80", "http://omost:hunter2hunter2@[::1/v1"):
         with pytest.raises(ValueError) as info:
@@ -234,6 +247,12 @@ def test_stream_redactor_equals_redacting_the_whole_text(secret, text, cuts):
 def test_stream_redactor_without_secrets_passes_text_through():
     redactor = StreamRedactor([])
     assert redactor.feed("abc") == "abc" and redactor.close() == ""
+
+
+def test_split_credentials():
+    assert split_credentials("http://u:p%40ss@h:1/v1") == ("http://h:1/v1", ("u", "p@ss"))
+    assert split_credentials("https://token@h/v1") == ("https://h/v1", ("token", ""))
+    assert split_credentials("http://h:1/v1") == ("http://h:1/v1", None)
 
 
 @pytest.mark.parametrize("url, shown, secrets", [

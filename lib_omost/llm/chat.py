@@ -89,7 +89,7 @@ def _round(backend, conversation: Conversation, snapshot: list, messages: list[d
                 text, capped = answer.add(item.text)
                 tokens = item.tokens
                 if text:
-                    yield TextDelta(text, tokens)
+                    yield TextDelta(text, tokens) if capped else item
                 if text and not parse_failed:
                     try:
                         result = parser.feed(text)

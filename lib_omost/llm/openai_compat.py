@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from lib_omost.llm.conversation import estimate_tokens
 from lib_omost.llm.events import DEFAULT_MAX_ANSWER_CHARS, Finished, GenerationSettings, LLMError, TextDelta
-from lib_omost.llm.redaction import Secret, StreamRedactor, redact, shown_url, url_secrets
+from lib_omost.llm.redaction import Secret, StreamRedactor, redact, shown_url, split_credentials, url_secrets
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 120.0
@@ -375,6 +375,7 @@ class OpenAIBackend:
     def __init__(self, config: EndpointConfig):
         self.config = config
         self._secrets = config.secrets()
+        self._root, self._basic_auth = split_credentials(config.root)  # requests never carry credentials
         self._models: list[dict] | None = None
         self._http = None
         self._lock = threading.Lock()
@@ -405,7 +406,7 @@ class OpenAIBackend:
                 timeout = httpx.Timeout(connect=self.config.connect_timeout, read=self.config.read_timeout,
                                         write=self.config.read_timeout, pool=self.config.connect_timeout)
                 self._http = httpx.Client(timeout=timeout, headers=headers, follow_redirects=False,
-                                          verify=self.config.root.startswith("https://"))
+                                          auth=self._basic_auth, verify=self._root.startswith("https://"))
             return self._http
 
     def close(self) -> None:
@@ -433,7 +434,7 @@ class OpenAIBackend:
         """The server's /v1/models list (fetched once per backend)."""
         if self._models is None:
             with self._boundary(), _http_errors(self.config):
-                with self.client().stream("GET", self.config.root + "/models") as response:
+                with self.client().stream("GET", self._root + "/models") as response:
                     self._check(response)
                     body, complete = _read_at_most(response, MAX_MODELS_BYTES)
                 if not complete:
@@ -481,7 +482,7 @@ class OpenAIBackend:
             reading = _Reading(self._secrets, max_event_bytes(settings.max_answer_chars))
             with _http_errors(self.config, reading):
                 while True:
-                    with self.client().stream("POST", self.config.root + "/chat/completions", json=body,
+                    with self.client().stream("POST", self._root + "/chat/completions", json=body,
                                               headers={"Accept": "text/event-stream"}) as response:
                         if response.status_code in (400, 422) and "seed" in body:
                             error = self._fail(response)

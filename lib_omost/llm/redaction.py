@@ -53,6 +53,16 @@ def shown_url(url: str) -> str:
     return _USERINFO.sub(lambda m: (m.group("scheme") or "") + MASK + "@", url, count=1)
 
 
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """(the URL without its user:password@, the (user, password) it held, percent-decoded, or None): requests
+    go to the bare URL with the credentials as Basic auth, so no log line of the HTTP client shows them."""
+    match = _USERINFO.match(url)
+    if match is None or not match.group("userinfo"):
+        return url, None
+    user, _, password = match.group("userinfo").partition(":")
+    return (match.group("scheme") or "") + url[match.end():], (unquote(user), unquote(password))
+
+
 def url_secrets(url: str | None) -> tuple[str, ...]:
     """The credentials in a URL such as http://user:password@host/v1: the userinfo, the password (as typed
     and percent-decoded) and the Basic token httpx sends for them. A lone user name (http://token@host) is
