@@ -268,17 +268,21 @@ def test_url_credentials(url, shown, secrets):
 # ---- terminal output ----------------------------------------------------------------------------
 
 UNSAFE = [chr(c) for c in [*range(0, 9), *range(11, 32), *range(0x7F, 0xA0), *range(0x202A, 0x202F),
-                            *range(0x2066, 0x206A), 0xD800, 0xDFFF]]
+                            *range(0x2066, 0x206A), 0xD800, 0xDBFF, 0xDC00, 0xDFFF]]
+
+
+def unsafe(c: str) -> bool:
+    return c in UNSAFE or 0xD800 <= ord(c) <= 0xDFFF
 
 
 @hsettings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from(UNSAFE) | st.characters(), max_size=80))
 def test_printable_escapes_unsafe_characters_and_keeps_layout(text):
     shown = printable(text)
-    assert not any(c in shown for c in UNSAFE)
+    assert not any(map(unsafe, shown))
     assert shown.count("\n") == text.count("\n") and shown.count("\t") == text.count("\t")
     assert "\n" not in printable(text, one_line=True) and "\t" not in printable(text, one_line=True)
-    if not any(c in text for c in UNSAFE):
+    if not any(map(unsafe, text)):
         assert shown == text
     shown.encode("utf-8")  # no lone surrogate left
 
@@ -476,6 +480,15 @@ def test_a_huge_error_body_is_shortened(server):
 
 CANVAS_START = ("```python\ncanvas = Canvas()\ncanvas.set_global_description(description='A cat.', "
                 "detailed_descriptions=['A cat.'], tags='cat', HTML_web_color_name='white')\n")
+
+
+def test_a_stream_without_answer_text_ends():
+    keep_alive = [chunk("a"), chunk("b")] + [b": ping\n"] * 300 + [chunk(role="assistant")] * 100
+    with pytest.raises(LLMError, match=r"the server sent more than 200 lines without answer text \(after 2 tokens\)"):
+        _read(keep_alive, max_idle_lines=200)
+    text = "".join(e.text for e in _read([chunk("a")] * 1000 + [chunk(finish="stop"), b"data: [DONE]\n\n"],
+                                         max_idle_lines=10)[:-1])
+    assert text == "a" * 1000  # token events do not count
 
 
 def forever(h, body):

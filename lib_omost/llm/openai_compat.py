@@ -33,6 +33,9 @@ DEFAULT_READ_TIMEOUT = 120.0
 SHOWN_CHARS = 300  # of a server's error body or a malformed line
 MAX_ERROR_BODY_BYTES = 64 * 1024  # an HTTP error body is read this far (only its start is shown)
 MAX_MODELS_BYTES = 16 * 2 ** 20  # a /v1/models list (hosted services list hundreds of models)
+# SSE lines one answer may carry without answer text (role, finish and usage events, keep-alive comments):
+# a server that sends only those streams without end, though no answer or memory grows
+MAX_IDLE_LINES = 100_000
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an API key may hold to travel in an HTTP header
 
 
@@ -289,6 +292,7 @@ class _Reading:
 
     secrets: tuple[str, ...] = ()
     max_bytes: int = max_event_bytes(DEFAULT_MAX_ANSWER_CHARS)
+    max_idle_lines: int = MAX_IDLE_LINES
     tokens: int = 0
     start: float = field(default_factory=time.perf_counter)
 
@@ -605,6 +609,9 @@ def _read_stream(response, stop: threading.Event, reading: _Reading) -> Iterator
                         yield TextDelta(text, reading.tokens)
                 finish = reason or finish
                 usage = event_usage or usage
+        if decoder.line_number - 2 * reading.tokens > reading.max_idle_lines:  # two lines per token event
+            raise LLMError(f"the server sent more than {reading.max_idle_lines:,} lines without answer text "
+                           f"(after {reading.tokens} tokens): it streams without answering")
         if stop.is_set() and not done:
             yield from _held_back(redactor, reading)
             yield Finished("stopped", "", reading.tokens, reading.seconds())
