@@ -257,7 +257,8 @@ def test_split_credentials():
 
 @pytest.mark.parametrize("url, shown, secrets", [
     ("http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1", ()),
-    ("http://u:p%40ss@h:1/v1", "http://***@h:1/v1", ("u:p%40ss", "p%40ss", "p@ss", base64.b64encode(b"u:p@ss").decode())),
+    ("http://u:p%40ss@h:1/v1", "http://***@h:1/v1",
+     ("u:p%40ss", "p%40ss", "p@ss", base64.b64encode(b"u:p@ss").decode())),
     ("https://token@h/v1", "https://***@h/v1", ("token", "token", "token", base64.b64encode(b"token:").decode())),
     ("u:pw@h:1", "***@h:1", ("u:pw", "pw", "pw", base64.b64encode(b"u:pw").decode())),
 ])
@@ -434,7 +435,7 @@ def test_line_cap_holds_for_any_chunking():
     for size in (1, 7, 100, 999, 1000, 5000):
         decoder = SSEDecoder(limit)
         with pytest.raises(SSEError, match="longer than 1,000 bytes"):
-            for i in range(0, 3000, size):
+            for _ in range(0, 3000, size):
                 decoder.feed(b"d" * size)
         decoder = SSEDecoder(limit)
         line = b"data: " + b"x" * (limit - 6)
@@ -638,21 +639,24 @@ def test_stop_with_a_silent_server_returns_now_and_keeps_the_partial_answer(serv
     assert finished.result is not None and finished.result.truncated
 
 
-def test_stop_while_waiting_for_the_first_byte_or_the_model_list(server):
-    for where in ("chat", "models"):
-        started = threading.Event()
+@pytest.mark.parametrize("where", ["chat", "models"])
+def test_stop_while_waiting_for_the_first_byte_or_the_model_list(server, where):
+    started = threading.Event()
 
-        def hang(h, *_):
-            started.set()
-            server.release.wait(60)
-        server.script, server.models_script = (hang, None) if where == "chat" else (server.script, hang)
-        stop = threading.Event()
-        backend = OpenAIBackend(EndpointConfig(server.url, read_timeout=60))
-        out, done = _run_in_thread(lambda: list(ask(backend, Conversation("S"), "a cat", stop=stop)))
-        assert started.wait(30)
-        stop.set()
-        assert done.wait(30)  # the server stays silent until the test ends, the read timeout is 60 s
-        assert out["value"][-1].reason == "stopped" and out["value"][-1].text == ""
+    def hang(h, *_):
+        started.set()
+        server.release.wait(60)
+    if where == "chat":
+        server.script = hang
+    else:
+        server.models_script = hang
+    stop = threading.Event()
+    backend = OpenAIBackend(EndpointConfig(server.url, read_timeout=60))
+    out, done = _run_in_thread(lambda: list(ask(backend, Conversation("S"), "a cat", stop=stop)))
+    assert started.wait(30)
+    stop.set()
+    assert done.wait(30)  # the server stays silent until the test ends, the read timeout is 60 s
+    assert out["value"][-1].reason == "stopped" and out["value"][-1].text == ""
 
 
 def test_webui_stop_with_a_silent_server_keeps_the_partial_answer(server):
