@@ -580,20 +580,23 @@ def _read_stream(response, stop: threading.Event, reading: _Reading) -> Iterator
     decoder, template = SSEDecoder(reading.max_bytes), ChunkTemplate()
     templated = template.content
     redactor = StreamRedactor(reading.secrets)
+    mask = redactor.feed if redactor.forms else None
     finish, usage, done = None, None, False
     chunks = response.iter_bytes()
     while not done:
         chunk = next(chunks, None)
         content = templated(chunk) if chunk is not None and decoder.idle else None
-        if content is not None:  # a token event like the last ones: no full parse needed
+        if content:  # a token event like the last ones: no full parse needed
             decoder.line_number += 2
-            if content:
-                reading.tokens += 1
-                text = redactor.feed(content)
-                if text:
-                    yield TextDelta(text, reading.tokens)
+            reading.tokens += 1
+            text = mask(content) if mask else content
+            if text:
+                yield TextDelta(text, reading.tokens)
         else:
-            events = _decoded(decoder, chunk, reading)
+            if content is None:
+                events = _decoded(decoder, chunk, reading)
+            else:  # an empty token event
+                events, decoder.line_number = (), decoder.line_number + 2
             for name, data in events:
                 if data == "[DONE]":
                     done = True
@@ -604,14 +607,14 @@ def _read_stream(response, stop: threading.Event, reading: _Reading) -> Iterator
                 content, reason, event_usage = _event_parts(obj, data, reading)
                 if content:
                     reading.tokens += 1
-                    text = redactor.feed(content)
+                    text = mask(content) if mask else content
                     if text:
                         yield TextDelta(text, reading.tokens)
                 finish = reason or finish
                 usage = event_usage or usage
-        if decoder.line_number - 2 * reading.tokens > reading.max_idle_lines:  # two lines per token event
-            raise LLMError(f"the server sent more than {reading.max_idle_lines:,} lines without answer text "
-                           f"(after {reading.tokens} tokens): it streams without answering")
+            if decoder.line_number - 2 * reading.tokens > reading.max_idle_lines:  # two lines per token event
+                raise LLMError(f"the server sent more than {reading.max_idle_lines:,} lines without answer text "
+                               f"(after {reading.tokens} tokens): it streams without answering")
         if stop.is_set() and not done:
             yield from _held_back(redactor, reading)
             yield Finished("stopped", "", reading.tokens, reading.seconds())
