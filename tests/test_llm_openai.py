@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +16,7 @@ from lib_omost.llm.chat import ask, retry
 from lib_omost.llm.conversation import Conversation
 from lib_omost.llm.events import Failed, Finished, GenerationSettings, LLMError, TextDelta
 from lib_omost.llm.openai_compat import (ChunkTemplate, EndpointConfig, OpenAIBackend, Secret, SSEDecoder, SSEError,
-                                         _read_stream, _StreamState, api_root, server_message)
+                                         _read_stream, _Reading, api_root, server_message)
 
 KEY = "sk-test-0123456789abcdef"
 PIECES = ["```python\n", "canvas = Canvas()\n", "canvas.set_global_description(description='A cat.', ",
@@ -38,6 +39,13 @@ def good_stream(pieces=PIECES) -> list[bytes]:
             + [b": keep-alive comment\n\n", b"data: [DONE]\n\n"])
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client that leaves early (a limit, Stop, an error) is what these tests make happen: not a failure."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class Server:
     """A scripted OpenAI-compatible server. `script(handler, body)` writes the chat response."""
 
@@ -45,6 +53,7 @@ class Server:
         self.requests: list[dict] = []
         self.script = lambda handler, body: handler.sse(good_stream())
         self.models = {"object": "list", "data": [{"id": "omost-test", "max_model_len": 8192}]}
+        self.models_script = None  # (handler) -> None: writes the /v1/models answer instead of `models`
         self.release = threading.Event()  # ends the slow scripts at teardown
         self.client_left = 0
         server = self
@@ -82,7 +91,9 @@ class Server:
 
             def do_GET(self):
                 server.requests.append({"path": self.path, "headers": dict(self.headers)})
-                if self.path == "/v1/models":
+                if self.path == "/v1/models" and server.models_script is not None:
+                    server.models_script(self)
+                elif self.path == "/v1/models":
                     self.json_reply(200, server.models)
                 else:
                     self.json_reply(404, {"error": {"message": f"no route {self.path}"}})
@@ -95,7 +106,7 @@ class Server:
                     return
                 server.script(self, body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
@@ -209,15 +220,15 @@ FAILURES = {
     "500": (lambda h, body: h.json_reply(500, b"model crashed: out of memory", "text/plain"),
             r"HTTP 500 Internal Server Error: model crashed: out of memory"),
     "garbage line": (lambda h, body: h.sse([chunk("ok"), b"<html>502 Bad Gateway</html>\n\n"]),
-                     r"malformed server-sent event at line 3: '<html>502 Bad Gateway</html>'"),
+                     r"the server sent a line that is not a server-sent event \(line 3\): '<html>502 Bad Gateway</html>'"),
     "garbage json": (lambda h, body: h.sse([chunk("ok"), b"data: {oops\n\n"]),
-                     r"malformed server-sent event: the data is not JSON: '\{oops'"),
+                     r"the server sent an event whose data is not JSON: '\{oops'"),
     "error event": (lambda h, body: h.sse([chunk("ok"), b'data: {"error": {"message": "context overflow"}}\n\n']),
                     r"the server reported an error during the answer: context overflow"),
     "early close": (lambda h, body: h.sse([chunk("a"), chunk("b")], chunked=False),
-                    r"ended the stream before the answer was complete \(after 2 tokens"),
+                    r"the connection closed mid-answer after 2 tokens \(the server sent no finish reason and no \[DONE\]\)"),
     "cut chunk": (lambda h, body: h.sse([chunk("a")], end=False, tail=b"20\r\ndata: {"),  # 32 bytes promised
-                  r"closed the connection before the answer was complete after 1 tokens"),
+                  r"the connection closed mid-answer after 1 tokens \(RemoteProtocolError: "),
     "slow": ("slow", r"the server sent nothing for 0\.3 s \(read timeout\)"),
 }
 
@@ -315,8 +326,9 @@ def test_sse_decoder_split_anywhere():
             events += decoder.feed(stream[i:i + size])
         events += decoder.close()
         assert events == expected
-    with pytest.raises(SSEError, match="line 2"):
+    with pytest.raises(SSEError, match="line 2") as info:
         SSEDecoder().feed(b"data: 1\nnonsense\n")
+    assert info.value.line == b"nonsense" and "nonsense" not in str(info.value)  # the caller quotes it
 
 
 def test_server_message_forms():
@@ -461,7 +473,7 @@ def test_template_reading_equals_full_parsing(event, texts, split):
     if split:  # a chunk boundary inside an event must not confuse the template
         joined = b"".join(chunks)
         chunks = [joined[i:i + 37] for i in range(0, len(joined), 37)]
-    events = list(_read_stream(_Response(chunks), threading.Event(), _StreamState(), 0.0, None))
+    events = list(_read_stream(_Response(chunks), threading.Event(), _Reading()))
     text, finish = _full_parse(chunks)
     assert "".join(e.text for e in events[:-1]) == text == "".join(texts)
     assert events[-1].reason == finish == "stop"

@@ -15,6 +15,7 @@ from lib_omost.canvas.jsonio import canvas_to_comfyui, canvas_to_json, load_canv
 from lib_omost.canvas.model import Canvas, CanvasError, ordered_indices, region_masks
 from lib_omost.canvas.parser import ParseResult
 from lib_omost.canvas.render import layout_sheet
+from lib_omost.terminal import printable
 
 DESCRIPTION_WIDTH = 60
 MAP_COLS, MAP_ROWS = 60, 30  # terminal cells are about twice as tall as wide: a square canvas
@@ -26,7 +27,8 @@ def _number(v: float) -> str:
 
 
 def _short(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    """One table cell: whitespace collapsed, control characters escaped (terminal.printable), shortened."""
+    text = printable(" ".join(text.split()), one_line=True)
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _read(args.input) if args.input else ParseResult(example_canvas())
     except CanvasError as exc:
-        print(f"error: {name}: {exc}", file=sys.stderr)
+        print(printable(f"error: {name}: {exc}"), file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_region_table(canvas))
     print(format_region_map(canvas))
     for note in result.notes:
-        print(f"note: {note}")
+        print(printable(f"note: {note}"))
     try:
         written = write_canvas_outputs(canvas, png=args.png, json_path=args.json, comfyui=args.comfyui,
                                        code=args.code, width=args.width, height=args.height)

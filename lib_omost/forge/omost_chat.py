@@ -2,23 +2,56 @@
 
 A ChatSession lives in the browser session's gr.State: the conversation and the stop flag of the answer
 being streamed. Every handler returns the full visible state (chat pairs, canvas JSON, status line), so
-the UI never shows a half-updated conversation; errors become the status line, never a traceback.
+the UI never shows a half-updated conversation; errors become the status line, never a traceback, and every
+status line has the API key and the URL's credentials masked.
+
+While an answer streams, the chat is updated at most every `update_interval` (the Chatbot takes the whole
+text on each update, so updates are spaced by the answer's length): the work per token stays O(token).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import threading
-from dataclasses import dataclass, field
+import time
+import traceback
+from dataclasses import dataclass, field, fields
 
 from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text
 from lib_omost.features.omost import FEATURE
 from lib_omost.llm import (Conversation, EndpointConfig, Failed, Finished, GenerationSettings, LocalBackend,
                            LocalModelSpec, OpenAIBackend, Progress, TextDelta, CanvasUpdate, BudgetWarning,
                            ask, retry, system_prompt)
+from lib_omost.llm.events import DEFAULT_MAX_ANSWER_CHARS, finish_note
+from lib_omost.llm.openai_compat import DEFAULT_READ_TIMEOUT
+from lib_omost.llm.redaction import redact, shown_url, url_secrets
 
 SERVER, LOCAL = "OpenAI-compatible server", "Local model (transformers)"
 BACKENDS = (SERVER, LOCAL)
+UPDATE_SECONDS = 0.1  # the chat shows new answer text at most this often ...
+UPDATE_CHARS_PER_SECOND = 200_000  # ... and re-sends at most about this many characters a second
+_log = logging.getLogger("sd-forge-omost")
+
+
+def update_interval(shown_chars: int) -> float:
+    """Seconds between two chat updates while `shown_chars` characters are shown: each update re-sends the
+    whole answer, so updates are spaced by its length; the work per second stays bounded however long the
+    answer grows."""
+    return max(UPDATE_SECONDS, shown_chars / UPDATE_CHARS_PER_SECOND)
+
+
+def ui_number(value, label: str, whole: bool = False) -> float | int:
+    """A number from a UI control or a setting; a ValueError naming the control and what it takes otherwise."""
+    kind = "a whole number" if whole else "a number"
+    try:
+        number = float(value) if not isinstance(value, bool) and value not in (None, "") else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (whole and not number.is_integer()):
+        raise ValueError(f"{label} must be {kind}, got {value!r}")
+    return int(number) if whole else number
 
 
 def canvas_json_text(canvas) -> str:
@@ -43,21 +76,39 @@ class LLMChoice:
     top_p: float = 0.9
     max_new_tokens: int = 4096
     seed: int = -1
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # Settings → Omost
+    max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS  # Settings → Omost
 
     def make_backend(self):
         if self.backend == SERVER:
             if not self.endpoint.strip():
                 raise ValueError("set the server URL (e.g. http://127.0.0.1:8080/v1) in LLM settings")
-            return OpenAIBackend(EndpointConfig(self.endpoint.strip(), model=self.model.strip() or None,
-                                                api_key=self.api_key))
+            return OpenAIBackend(EndpointConfig(
+                self.endpoint.strip(), model=self.model.strip() or None, api_key=self.api_key,
+                read_timeout=ui_number(self.read_timeout, "the read timeout (Settings → Omost, seconds)")))
         if self.backend == LOCAL:
             return LocalBackend(LocalModelSpec(self.local_model.strip(), trust_remote_code=self.trust_remote_code))
         raise ValueError(f"unknown LLM backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
 
     def settings(self) -> GenerationSettings:
-        seed = int(self.seed)
-        return GenerationSettings(temperature=float(self.temperature), top_p=float(self.top_p),
-                                  max_new_tokens=int(self.max_new_tokens), seed=None if seed < 0 else seed)
+        seed = -1 if self.seed in (None, "") else ui_number(self.seed, "LLM seed (-1 = random)", whole=True)
+        return GenerationSettings(
+            temperature=ui_number(self.temperature, "temperature"), top_p=ui_number(self.top_p, "top p"),
+            max_new_tokens=ui_number(self.max_new_tokens, "max new tokens", whole=True),
+            seed=None if seed < 0 else seed,
+            max_answer_chars=ui_number(self.max_answer_chars, "the answer cap (Settings → Omost, characters)",
+                                       whole=True))
+
+    def __repr__(self) -> str:
+        """Every field but the API key, the server URL's credentials masked."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
+        shown["endpoint"] = shown_url(str(self.endpoint))
+        return "LLMChoice(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
+
+    def secrets(self) -> tuple[str, ...]:
+        """What no status line may show: the API key and the server URL's credentials."""
+        key = str(self.api_key or "").strip()
+        return ((key,) if key else ()) + url_secrets(str(self.endpoint or "").strip())
 
 
 @dataclass
@@ -78,25 +129,29 @@ def new_session(prompt_text: str = "", prompt_kind: str = "omost") -> ChatSessio
     return ChatSession(system_prompt(prompt_kind, text=prompt_text if prompt_text.strip() else None))
 
 
-def _status(event) -> str:
+def _status(event, settings: GenerationSettings | None = None) -> str:
     if isinstance(event, Progress):
         return f"{event.tokens} tokens, {event.tokens_per_second:.1f} tokens/s, {event.regions} regions so far"
     if isinstance(event, Finished):
-        how = {"stop": "done", "length": "cut at max new tokens", "stopped": "stopped"}[event.reason]
+        how = "stopped" if event.reason == "stopped" else "done"
+        note = finish_note(event.reason, settings or GenerationSettings())
+        how = f"{how} ({note})" if note else how
         regions = f", {len(event.result.canvas.regions)} regions" if event.result is not None else ""
         problem = f" — no canvas could be read: {event.parse_error}" if event.parse_error else ""
         return f"{how}: {event.tokens} tokens in {event.seconds:.1f} s ({event.tokens_per_second:.1f}/s){regions}{problem}"
     return ""
 
 
-def stream_answer(session: ChatSession, llm: LLMChoice, request: str | None, canvas_text: str):
+def stream_answer(session: ChatSession, llm: LLMChoice, request: str | None, canvas_text: str,
+                  clock=time.monotonic):
     """Yield (pairs, canvas JSON text, status) while an answer streams. ``request`` None = retry."""
     session.stop.clear()
+    secrets = llm.secrets()
     try:
         backend = llm.make_backend()
         settings = llm.settings()
     except (ValueError, TypeError) as e:
-        yield session.pairs(), canvas_text, f"LLM settings: {e}"
+        yield session.pairs(), canvas_text, redact(f"LLM settings: {e}", secrets)
         return
     if request is None:
         if not session.conversation.turns:
@@ -107,26 +162,45 @@ def stream_answer(session: ChatSession, llm: LLMChoice, request: str | None, can
     else:
         shown = request
         events = ask(backend, session.conversation, request, settings, session.stop)
-    text, status = "", "waiting for the model..."
-    yield session.pairs((shown, "")), canvas_text, status
+    yield session.pairs((shown, "")), canvas_text, "waiting for the model..."
+    try:
+        yield from _streamed(session, events, shown, canvas_text, settings, secrets, clock)
+    except Exception as exc:  # noqa: BLE001 - a bug must not leave the chat on "waiting for the model..."
+        _log.error(redact("the Omost chat failed:\n" + "".join(traceback.format_exception(exc)), secrets))
+        yield session.pairs(), canvas_text, redact(f"the chat failed unexpectedly: {type(exc).__name__}: {exc} "
+                                                   f"(details in the console)", secrets)
+
+
+def _streamed(session: ChatSession, events, shown: str, canvas_text: str, settings: GenerationSettings,
+              secrets: tuple[str, ...], clock):
+    """The chat states of one answer's events, at most one per `update_interval` (and the final one)."""
+    parts: list[str] = []
+    length, status, canvas = 0, "waiting for the model...", None
+    last = clock()
     for event in events:
         if isinstance(event, TextDelta):
-            text += event.text
+            parts.append(event.text)
+            length += len(event.text)
         elif isinstance(event, CanvasUpdate):
-            canvas_text = canvas_json_text(event.result.canvas)
-        elif isinstance(event, BudgetWarning):
-            status = event.message
-        elif isinstance(event, Progress):
-            status = _status(event)
+            canvas = event.result.canvas
+        elif isinstance(event, (BudgetWarning, Progress)):
+            status = event.message if isinstance(event, BudgetWarning) else _status(event)
         elif isinstance(event, Finished):
             if event.result is not None:
                 canvas_text = canvas_json_text(event.result.canvas)
-            yield session.pairs(), canvas_text, _status(event)
+            yield session.pairs(), canvas_text, redact(_status(event, settings), secrets)
             return
         elif isinstance(event, Failed):
-            yield session.pairs(), canvas_text, f"the LLM failed: {event.message} (the conversation is unchanged)"
+            yield (session.pairs(), canvas_text,
+                   redact(f"the LLM failed: {event.message} (the conversation is unchanged)", secrets))
             return
-        yield session.pairs((shown, text)), canvas_text, status
+        now = clock()
+        if now - last >= update_interval(length) or isinstance(event, BudgetWarning):
+            if canvas is not None:
+                canvas_text, canvas = canvas_json_text(canvas), None
+            parts = ["".join(parts)]
+            yield session.pairs((shown, parts[0])), canvas_text, status
+            last = now
 
 
 def undo(session: ChatSession, canvas_text: str):

@@ -22,6 +22,8 @@ def settings_options() -> dict:
     """(default, label) of each install-level option, shown in Settings → Omost."""
     from lib_omost.forge.refdrop_run import DEFAULT_BUDGET_MIB
     from lib_omost.llm import DEFAULT_MODEL
+    from lib_omost.llm.events import DEFAULT_MAX_ANSWER_CHARS
+    from lib_omost.llm.openai_compat import DEFAULT_READ_TIMEOUT
     return {
         "omost_llm_endpoint": (DEFAULT_ENDPOINT, "Omost: OpenAI-compatible server URL (llama.cpp, Ollama, vLLM ...)"),
         "omost_llm_local_model": (DEFAULT_MODEL, "Omost: local model (Hugging Face name or folder)"),
@@ -29,6 +31,10 @@ def settings_options() -> dict:
         "omost_system_prompt_kind": ("omost", "Omost: built-in system prompt: 'omost' (fine-tuned models) or "
                                               "'generic' (other instruction models)"),
         "omost_refdrop_budget_mib": (DEFAULT_BUDGET_MIB, "RefDrop: memory budget of a saved reference (MiB)"),
+        "omost_llm_read_timeout": (DEFAULT_READ_TIMEOUT, "Omost: LLM server read timeout (seconds without data "
+                                                         "before the answer fails; Stop works at any time)"),
+        "omost_llm_max_answer_chars": (DEFAULT_MAX_ANSWER_CHARS, "Omost: answer cap (characters; a longer answer "
+                                                                 "is cut there and kept)"),
     }
 
 
@@ -44,6 +50,12 @@ def _opt(key: str):
         return getattr(shared.opts, key)
     except Exception:       # before Settings exist (tests, API start-up): the declared default
         return settings_options()[key][0]
+
+
+def llm_choice(values) -> omost_chat.LLMChoice:
+    """The accordion's LLM settings (in llm_inputs order) and the two from Settings → Omost."""
+    return omost_chat.LLMChoice(*values, read_timeout=_opt("omost_llm_read_timeout"),
+                                max_answer_chars=_opt("omost_llm_max_answer_chars"))
 
 
 def preview(canvas_text: str):
@@ -140,13 +152,13 @@ def build_omost_ui(make, is_img2img: bool) -> None:
 
     def chat(request, session, *args):
         session = _session(session)
-        llm = omost_chat.LLMChoice(*args[:-1])
+        llm = llm_choice(args[:-1])
         for out in with_preview(omost_chat.stream_answer(session, llm, request, args[-1])):
             yield *out, session, ""
 
     def chat_retry(session, *args):
         session = _session(session)
-        for out in with_preview(omost_chat.stream_answer(session, omost_chat.LLMChoice(*args[:-1]), None, args[-1])):
+        for out in with_preview(omost_chat.stream_answer(session, llm_choice(args[:-1]), None, args[-1])):
             yield *out, session
 
     def stop_chat(session):

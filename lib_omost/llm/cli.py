@@ -2,17 +2,23 @@
 
 The answer streams to stdout; progress (tokens, tokens/s, regions so far), warnings and errors go to stderr.
 The canvas is then shown as a table and written as ``layout`` writes it (--png, --json, --comfyui, --code).
+What the model or the server wrote is printed with control characters escaped (``terminal.printable``), and
+every message with the API key and the URL's credentials masked (``redaction.redact``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 
 from lib_omost.llm.chat import ask
 from lib_omost.llm.conversation import Conversation
-from lib_omost.llm.events import BudgetWarning, Failed, Finished, GenerationSettings, Progress, TextDelta
+from lib_omost.llm.events import (BudgetWarning, Failed, Finished, GenerationSettings, Progress, TextDelta,
+                                  finish_note)
+from lib_omost.llm.redaction import redact, url_secrets
+from lib_omost.terminal import printable
 
 CLI_PROGRESS_INTERVAL = 2.0  # seconds
 
@@ -47,6 +53,9 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                    help=f"default {defaults.max_new_tokens}")
     p.add_argument("--seed", type=int, help="random seed (default: random)")
+    p.add_argument("--max-answer-chars", type=int, default=defaults.max_answer_chars, metavar="N",
+                   help=f"stop reading an answer longer than this, keeping what came (default "
+                        f"{defaults.max_answer_chars:,}; a guard against servers that ignore --max-new-tokens)")
     p.add_argument("--prompt-lookup", choices=["auto", "on", "off"], default="auto",
                    help="prompt-lookup decoding for local models (auto: when greedy or editing)")
     prompt = p.add_mutually_exclusive_group()
@@ -88,7 +97,18 @@ def _backend(args):
 def _settings(args) -> GenerationSettings:
     lookup = {"auto": None, "on": True, "off": False}[args.prompt_lookup]
     return GenerationSettings(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                              seed=args.seed, prompt_lookup=lookup)
+                              seed=args.seed, prompt_lookup=lookup, max_answer_chars=args.max_answer_chars)
+
+
+def _secrets(args) -> tuple[str, ...]:
+    """What no message may show: the API key (from its environment variable) and the URL's credentials."""
+    key = os.environ.get(args.api_key_env, "").strip() if args.api_key_env else ""
+    return ((key,) if key else ()) + url_secrets(args.endpoint)
+
+
+def _say(message: str, secrets: tuple[str, ...]) -> None:
+    """A message line on stderr: secrets masked, control characters escaped."""
+    print(printable(redact(message, secrets)), file=sys.stderr)
 
 
 def _conversation(args) -> Conversation:
@@ -119,7 +139,7 @@ class _Printer:
     def text(self, text: str) -> None:
         if self.quiet or not text:
             return
-        sys.stdout.write(text)
+        sys.stdout.write(printable(text))
         self.at_line_start = text.endswith("\n")
         if self.at_line_start and self.pending:
             self.progress(self.pending)
@@ -127,7 +147,7 @@ class _Printer:
     def progress(self, line: str) -> None:
         if self.at_line_start:
             sys.stdout.flush()
-            print(line, file=sys.stderr, flush=True)
+            print(printable(line), file=sys.stderr, flush=True)
             self.pending = None
         else:
             self.pending = line
@@ -143,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(list(sys.argv[1:] if argv is None else argv))
     from lib_omost.canvas import CanvasError
     from lib_omost.canvas.cli import format_region_table, write_canvas_outputs
+    secrets = _secrets(args)
     try:
         settings = _settings(args)
         backend = _backend(args)
         conversation = _conversation(args)
     except (ValueError, OSError) as exc:  # CanvasError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}", secrets)
         return 2
     printer = _Printer(args.quiet)
     finished = None
@@ -162,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 printer.progress(f"warning: {event.message}")
             elif isinstance(event, Failed):
                 printer.end_text()
-                print(f"error: {event.message}", file=sys.stderr)
+                _say(f"error: {event.message}", secrets)
                 return 1
             elif isinstance(event, Finished):
                 finished = event
@@ -173,22 +194,23 @@ def main(argv: list[str] | None = None) -> int:
     printer.end_text()
     print(f"[omost] finished ({finished.reason}): {finished.tokens} tokens in {finished.seconds:.1f} s "
           f"({finished.tokens_per_second:.1f} tokens/s)", file=sys.stderr)
-    if finished.reason == "length":
-        print(f"warning: the answer was cut at --max-new-tokens {settings.max_new_tokens}", file=sys.stderr)
+    note = finish_note(finished.reason, settings)
+    if note:
+        _say(f"warning: {note}", secrets)
     try:
         if args.answer:
-            with open(args.answer, "w", encoding="utf-8") as f:
+            with open(args.answer, "w", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(finished.text)
         if finished.result is None:
-            print(f"error: no canvas in the answer: {finished.parse_error}", file=sys.stderr)
+            _say(f"error: no canvas in the answer: {finished.parse_error}", secrets)
             return 1
         print(format_region_table(finished.result.canvas))
         for note in finished.result.notes:
-            print(f"note: {note}")
+            print(printable(f"note: {note}"))
         written = write_canvas_outputs(finished.result.canvas, png=args.png, json_path=args.json,
                                        comfyui=args.comfyui, code=args.code)
     except (OSError, CanvasError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}", secrets)
         return 1
     for path in written:
         print(f"wrote {path}")

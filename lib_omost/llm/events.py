@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Union
@@ -11,12 +12,27 @@ DEFAULT_TEMPERATURE = 0.6
 DEFAULT_TOP_P = 0.9
 DEFAULT_MAX_NEW_TOKENS = 4096
 DEFAULT_PROMPT_LOOKUP_TOKENS = 10
+# The client-side cap on an answer's length: the canvas parser's own limit (parser.MAX_ANSWER_CHARS), so an
+# answer cut here could not have been read as a canvas anyway; real Omost answers are 5,000-30,000 characters.
+DEFAULT_MAX_ANSWER_CHARS = 1_000_000
 
-FINISH_REASONS = ("stop", "length", "stopped")
+# stop: the model ended the answer; length: max_new_tokens; stopped: the user's Stop; content_filter: the
+# server's filter ended it; answer_cap: the client cut it at max_answer_chars (a server ignoring max_tokens)
+FINISH_REASONS = ("stop", "length", "stopped", "content_filter", "answer_cap")
 
 
 class LLMError(RuntimeError):
     """A backend could not produce an answer; the message says why and what to do (safe to show the user)."""
+
+
+def _real(value) -> float:
+    """`value` as a float; NaN (which fails every range check) when it is not a number."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 @dataclass(frozen=True)
@@ -33,11 +49,12 @@ class GenerationSettings:
     seed: int | None = None
     prompt_lookup: bool | None = None
     prompt_lookup_tokens: int = DEFAULT_PROMPT_LOOKUP_TOKENS
+    max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS
 
     def __post_init__(self):
-        if not 0.0 <= float(self.temperature) <= 5.0:
+        if not 0.0 <= _real(self.temperature) <= 5.0:
             raise ValueError(f"temperature must be in [0, 5] (0 = greedy), got {self.temperature!r}")
-        if not 0.0 < float(self.top_p) <= 1.0:
+        if not 0.0 < _real(self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
                 or self.max_new_tokens < 1:
@@ -50,6 +67,10 @@ class GenerationSettings:
         if isinstance(self.prompt_lookup_tokens, bool) or not isinstance(self.prompt_lookup_tokens, int) \
                 or self.prompt_lookup_tokens < 1:
             raise ValueError(f"prompt_lookup_tokens must be an integer >= 1, got {self.prompt_lookup_tokens!r}")
+        if isinstance(self.max_answer_chars, bool) or not isinstance(self.max_answer_chars, int) \
+                or self.max_answer_chars < 1:
+            raise ValueError(f"max_answer_chars (the answer cap) must be an integer >= 1 (characters), "
+                             f"got {self.max_answer_chars!r}")
 
     @property
     def greedy(self) -> bool:
@@ -98,7 +119,7 @@ class BudgetWarning:
 
 @dataclass(frozen=True)
 class Finished:
-    """The answer ended: reason "stop" (the model ended it), "length" (max_new_tokens) or "stopped" (user).
+    """The answer ended; `reason` is one of FINISH_REASONS (`finish_note` says it in words).
 
     `result` is the final canvas ParseResult, or None with `parse_error` set when no canvas could be read.
     """
@@ -117,6 +138,18 @@ class Finished:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def finish_note(reason: str, settings: GenerationSettings) -> str | None:
+    """Why an answer ended early, in words for the user (None when the model ended it or the user stopped)."""
+    if reason == "length":
+        return f"the answer was cut at max new tokens ({settings.max_new_tokens})"
+    if reason == "content_filter":
+        return "the server's content filter ended the answer (finish_reason content_filter)"
+    if reason == "answer_cap":
+        return (f"the answer reached the answer cap of {settings.max_answer_chars:,} characters and was cut "
+                f"there (the server kept sending past max new tokens); the partial answer is kept")
+    return None
 
 
 @dataclass(frozen=True)

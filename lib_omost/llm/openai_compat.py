@@ -1,14 +1,21 @@
 """OpenAI-compatible backend: POST /v1/chat/completions with server-sent-event (SSE) streaming.
 
 Works with llama.cpp's llama-server, Ollama (/v1), vLLM, LM Studio and TGI's messages API. httpx is imported
-lazily. The API key is held in a `Secret`: it is sent in the Authorization header and nowhere else (never in
-a repr, a log line or an error message).
+lazily. The API key is held in a `Secret`: it is sent in the Authorization header and nowhere else.
+
+Nothing a server sends is trusted: every event's shape is checked (anything unexpected is an LLMError saying
+"the server sent ..."), every line, event and body is read up to a limit that follows the answer cap, a
+redirect is reported and never followed (the key stays with the host it was meant for), and every message
+leaves the backend through `_boundary`, which masks the key and the URL's credentials (`redaction.redact`);
+the answer text itself is masked as it streams.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -18,36 +25,24 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from lib_omost.llm.conversation import estimate_tokens
-from lib_omost.llm.events import Finished, GenerationSettings, LLMError, TextDelta
+from lib_omost.llm.events import DEFAULT_MAX_ANSWER_CHARS, Finished, GenerationSettings, LLMError, TextDelta
+from lib_omost.llm.redaction import Secret, StreamRedactor, redact, shown_url, split_credentials, url_secrets
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 120.0
-_SHOWN_CHARS = 300  # of a server's error body or a malformed line
+SHOWN_CHARS = 300  # of a server's error body or a malformed line
+MAX_ERROR_BODY_BYTES = 64 * 1024  # an HTTP error body is read this far (only its start is shown)
+MAX_MODELS_BYTES = 16 * 2 ** 20  # a /v1/models list (hosted services list hundreds of models)
+# SSE lines one answer may carry without answer text (role, finish and usage events, keep-alive comments):
+# a server that sends only those streams without end, though no answer or memory grows
+MAX_IDLE_LINES = 100_000
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an API key may hold to travel in an HTTP header
 
 
-class Secret:
-    """A string that never shows itself: repr/str print '***'; `reveal()` gives the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        if not isinstance(value, str):
-            raise TypeError("a secret must be a string")
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
+def max_event_bytes(max_answer_chars: int) -> int:
+    """The most bytes one piece of server data may take (an SSE line, one event, a non-streamed answer):
+    enough for a whole answer at the cap (JSON writes a character in at most 12 bytes) and its envelope."""
+    return 12 * max_answer_chars + 64 * 1024
 
 
 def api_key_from_env(variable: str) -> Secret:
@@ -60,19 +55,24 @@ def api_key_from_env(variable: str) -> Secret:
 def api_root(base_url: str) -> str:
     """The '.../v1' root for a base URL given as 'http://host:port', '.../v1' or '.../v1/chat/completions'."""
     url = (base_url or "").strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"the server URL must look like http://host:port or https://host/v1, got {base_url!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"the server URL must look like http://host:port or https://host/v1, "
+                         f"got {shown_url(str(base_url))!r}")
     for suffix in ("/chat/completions", "/models"):
         if url.endswith("/v1" + suffix):
             url = url[: -len(suffix)]
     return url if url.endswith("/v1") else url + "/v1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class EndpointConfig:
     """An OpenAI-compatible server. model None = the first model the server lists at /v1/models.
-    context_length None = read it from /v1/models where the server says (vLLM, llama.cpp), else unknown."""
+    context_length None = read it from /v1/models where the server says (vLLM, llama.cpp), else unknown.
+    The repr shows neither the key nor credentials in the URL."""
 
     base_url: str
     model: str | None = None
@@ -84,71 +84,171 @@ class EndpointConfig:
     def __post_init__(self):
         api_root(self.base_url)  # validates
         if isinstance(self.api_key, str):
-            object.__setattr__(self, "api_key", Secret(self.api_key) if self.api_key.strip() else None)
+            object.__setattr__(self, "api_key", Secret(self.api_key.strip()) if self.api_key.strip() else None)
         elif self.api_key is not None and not isinstance(self.api_key, Secret):
             raise TypeError("api_key must be a string, a Secret or None")
+        if self.api_key is not None and not _HEADER_SAFE.fullmatch(self.api_key.reveal()):
+            raise ValueError("the API key may hold only printable ASCII characters without spaces (an HTTP "
+                             "header carries nothing else); the key is not shown here")
         for name in ("connect_timeout", "read_timeout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
         if self.model is not None and not self.model.strip():
             object.__setattr__(self, "model", None)
         if self.context_length is not None and (not isinstance(self.context_length, int)
                                                 or self.context_length < 1):
             raise ValueError(f"context_length must be None or an integer >= 1, got {self.context_length!r}")
 
+    def __repr__(self) -> str:
+        return (f"EndpointConfig(base_url={shown_url(self.base_url)!r}, model={self.model!r}, "
+                f"api_key={self.api_key!r}, connect_timeout={self.connect_timeout!r}, "
+                f"read_timeout={self.read_timeout!r}, context_length={self.context_length!r})")
+
     @property
     def root(self) -> str:
         return api_root(self.base_url)
+
+    @property
+    def shown_root(self) -> str:
+        """The root as messages show it (credentials masked)."""
+        return shown_url(self.root)
+
+    def secrets(self) -> tuple[str, ...]:
+        """What messages must never show: the API key and the URL's credentials."""
+        key = (self.api_key.reveal(),) if self.api_key is not None else ()
+        return key + url_secrets(self.base_url)
+
+
+# ---- quoting what a server sent ---------------------------------------------------------------------
+
+def quoted(raw: bytes | str, secrets: tuple[str, ...] = ()) -> str:
+    """Server text as a message quotes it: secrets masked first (so no part of one survives the cut), then
+    at most SHOWN_CHARS characters, repr-quoted (control characters escaped)."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    return repr(_shortened(redact(text, secrets)))
+
+
+def _shortened(text: str) -> str:
+    return text[:SHOWN_CHARS] + ("..." if len(text) > SHOWN_CHARS else "")
+
+
+def _json(text: str | bytes):
+    """json.loads; JSON nested too deeply for the parser is the ValueError it is (not a RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def server_message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
+    """The human part of an error body, secrets masked and shortened: OpenAI's {"error": {"message"}},
+    {"error": "..."}, {"message"}, {"detail"}, or the text itself."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        obj = _json(text)
+    except ValueError:
+        obj = None
+    message = text
+    if isinstance(obj, dict):
+        error = obj.get("error")
+        candidates = (error.get("message") if isinstance(error, dict) else None, error, obj.get("message"),
+                      obj.get("detail"))
+        message = next((c for c in candidates if isinstance(c, str) and c), text)
+    if not message:
+        return "(empty response body)"
+    return _shortened(redact(message, secrets))
+
+
+def http_error(status: int, reason: str, message: str) -> str:
+    hint = {401: "check the API key", 403: "check the API key and its permissions",
+            404: "check the server URL and the model name"}.get(status)
+    text = f"the server answered HTTP {status} {reason}: {message}"
+    return f"{text} ({hint})" if hint else text
+
+
+def _closed_mid_answer(tokens: int, detail: str) -> str:
+    return f"the connection closed mid-answer after {tokens} tokens ({detail})"
 
 
 # ---- SSE ----------------------------------------------------------------------------------------------
 
 class SSEError(ValueError):
-    pass
+    """Bytes that are not server-sent events. The message never quotes the server: `line` holds the raw line,
+    which the caller quotes (it knows the secrets to mask)."""
+
+    def __init__(self, message: str, line: bytes = b""):
+        super().__init__(message)
+        self.line = line
 
 
 @dataclass
 class SSEDecoder:
     """Bytes → events (event name, data), per the SSE format: `field: value` lines, a blank line ends an
     event, `data` lines are joined with newlines, lines starting with ':' are comments. Any other line is
-    malformed (an OpenAI stream never has one)."""
+    malformed (an OpenAI stream never has one). A line, or an event's data, longer than `max_bytes` is an
+    SSEError; a line that arrives in many chunks is assembled once, when its newline comes (linear time)."""
 
-    _rest: bytes = b""
+    max_bytes: int = max_event_bytes(DEFAULT_MAX_ANSWER_CHARS)
+    _partial: list[bytes] = field(default_factory=list)  # the current line's pieces before its newline
+    _partial_size: int = 0
     _data: list[str] = field(default_factory=list)
+    _data_size: int = 0
     _event: str = ""
     line_number: int = 0
     idle: bool = True  # between events: no partial line, data or event name pending
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
         head = single_event_head(chunk) if self.idle else None
-        if head is not None:  # fast path: the chunk is exactly one `data:` event (a server's token)
+        if head is not None and len(chunk) <= self.max_bytes:  # fast path: exactly one `data:` event
             self.line_number += 2
             return [("", chunk[head:-2].decode("utf-8", errors="replace"))]
-        lines = (self._rest + chunk).split(b"\n")
-        self._rest = lines.pop()
+        end = chunk.find(b"\n")
+        if end < 0:
+            self._hold(chunk)
+            return []
+        first, lines = chunk[:end], chunk[end + 1:].split(b"\n")
+        if self._partial:
+            self._hold(first)
+            first = b"".join(self._partial)
+            self._partial, self._partial_size = [], 0
+        tail = lines.pop()
         events = []
-        for line in lines:
+        for line in (first, *lines):
             event = self._line(line)
             if event is not None:
                 events.append(event)
-        self.idle = not (self._rest or self._data or self._event)
+        if tail:
+            self._hold(tail)
+        self.idle = not (self._partial or self._data or self._event)
         return events
 
     def close(self) -> list[tuple[str, str]]:
         """Events still pending when the stream ends (a last line without its newline, an event without
         its blank line)."""
         events = []
-        for line in (self._rest, b"") if self._rest else (b"",):
+        last = b"".join(self._partial)
+        self._partial, self._partial_size = [], 0
+        for line in (last, b"") if last else (b"",):
             event = self._line(line)
             if event is not None:
                 events.append(event)
-        self._rest = b""
         self.idle = not (self._data or self._event)
         return events
 
+    def _hold(self, piece: bytes) -> None:
+        self._partial.append(piece)
+        self._partial_size += len(piece)
+        self.idle = False
+        if self._partial_size > self.max_bytes:
+            raise SSEError(f"the server sent a line longer than {self.max_bytes:,} bytes (line "
+                           f"{self.line_number + 1}); no event of an answer within the answer cap is that long")
+
     def _line(self, raw: bytes) -> tuple[str, str] | None:
         self.line_number += 1
+        if len(raw) > self.max_bytes:
+            raise SSEError(f"the server sent a line longer than {self.max_bytes:,} bytes (line "
+                           f"{self.line_number}); no event of an answer within the answer cap is that long")
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if not raw:
@@ -156,19 +256,23 @@ class SSEDecoder:
                 self._event = ""
                 return None
             event = (self._event, "\n".join(self._data))
-            self._data, self._event = [], ""
+            self._data, self._data_size, self._event = [], 0, ""
             return event
         name, colon, value = raw.partition(b":")
         if not colon:
-            raise SSEError(f"malformed server-sent event at line {self.line_number}: {_shown(raw)}")
+            raise SSEError(f"the server sent a line that is not a server-sent event (line {self.line_number})", raw)
         if value.startswith(b" "):
             value = value[1:]
         if name == b"data":
+            self._data_size += len(value)
+            if self._data_size > self.max_bytes:
+                raise SSEError(f"the server sent an event longer than {self.max_bytes:,} bytes (up to line "
+                               f"{self.line_number}); no event of an answer within the answer cap is that long")
             self._data.append(value.decode("utf-8", errors="replace"))
         elif name == b"event":
             self._event = value.decode("utf-8", errors="replace")
         elif name not in (b"", b"id", b"retry"):  # b"" = a comment line
-            raise SSEError(f"malformed server-sent event at line {self.line_number}: {_shown(raw)}")
+            raise SSEError(f"the server sent a line that is not a server-sent event (line {self.line_number})", raw)
         return None
 
 
@@ -180,51 +284,32 @@ def single_event_head(chunk: bytes) -> int | None:
     return None
 
 
-def _shown(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    return repr(text[:_SHOWN_CHARS] + ("..." if len(text) > _SHOWN_CHARS else ""))
-
-
-# ---- error messages -------------------------------------------------------------------------------
-
-def server_message(body: bytes) -> str:
-    """The human part of an error body: OpenAI's {"error": {"message"}}, {"error": "..."}, {"message"},
-    {"detail"}, or the text itself."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        obj = None
-    if isinstance(obj, dict):
-        error = obj.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        for value in (error, obj.get("message"), obj.get("detail")):
-            if isinstance(value, str) and value:
-                return value
-    if not text:
-        return "(empty response body)"
-    return text[:_SHOWN_CHARS] + ("..." if len(text) > _SHOWN_CHARS else "")
-
-
-def http_error(status: int, reason: str, message: str) -> str:
-    hint = {401: "check the API key", 403: "check the API key and its permissions",
-            404: "check the server URL and the model name"}.get(status)
-    text = f"the server answered HTTP {status} {reason}: {message}"
-    return f"{text} ({hint})" if hint else text
-
+# ---- HTTP --------------------------------------------------------------------------------------------
 
 @dataclass
-class _StreamState:
+class _Reading:
+    """One answer being read: its limit, the secrets to mask, the tokens counted so far."""
+
+    secrets: tuple[str, ...] = ()
+    max_bytes: int = max_event_bytes(DEFAULT_MAX_ANSWER_CHARS)
+    max_idle_lines: int = MAX_IDLE_LINES
     tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def sent(self, what: str, raw: bytes | str) -> LLMError:
+        """The error for a server that sent something unexpected, quoting it (secrets masked)."""
+        return LLMError(f"the server sent {what}: {quoted(raw, self.secrets)}")
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
 
 
 @contextmanager
-def _http_errors(config: EndpointConfig, state: _StreamState | None = None):
+def _http_errors(config: EndpointConfig, reading: _Reading | None = None):
     """Translate httpx's exceptions into LLMErrors that say what happened and what to try."""
     import httpx
 
-    root = config.root
+    root = config.shown_root
     try:
         yield
     except httpx.ConnectTimeout as exc:
@@ -237,22 +322,55 @@ def _http_errors(config: EndpointConfig, state: _StreamState | None = None):
         raise LLMError(f"the server sent nothing for {config.read_timeout:g} s (read timeout); it may be busy or "
                        f"still loading the model: try again or raise the read timeout") from exc
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        got = f" after {state.tokens} tokens" if state is not None else ""
-        raise LLMError(f"the server closed the connection before the answer was complete{got} "
-                       f"({type(exc).__name__}: {exc})") from exc
+        detail = f"{type(exc).__name__}: {exc}"
+        if reading is None:
+            raise LLMError(f"the server at {root} closed the connection before answering ({detail})") from exc
+        raise LLMError(_closed_mid_answer(reading.tokens, detail)) from exc
     except httpx.TimeoutException as exc:
         raise LLMError(f"the request to {root} timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         raise LLMError(f"the request to {root} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _redacted(message: str, key: Secret | None) -> str:
-    return message.replace(key.reveal(), "***") if key is not None and key.reveal() else message
+def _read_at_most(response, limit: int) -> tuple[bytes, bool]:
+    """The body's first `limit` bytes, and whether that is all of it (the rest is never read)."""
+    parts, size = [], 0
+    for chunk in response.iter_bytes():
+        if size + len(chunk) > limit:
+            parts.append(chunk[:limit - size])
+            return b"".join(parts), False
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts), True
+
+
+def _model_list(body: bytes, secrets: tuple[str, ...], root: str) -> list[dict]:
+    """The models of a /v1/models answer ({"data": [{"id": ...}, ...]}); entries without a string id are
+    skipped; anything else is an LLMError quoting the answer."""
+    try:
+        obj = _json(body)
+    except ValueError:
+        obj = None
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list):
+        raise LLMError(f"the server's {root}/models answer is not an OpenAI model list "
+                       f"({quoted(body, secrets)}); give the model name")
+    return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+
+def _context_size(entry: dict) -> int | None:
+    """A model entry's context size: vLLM's max_model_len or llama.cpp's meta.n_ctx_train, when valid."""
+    meta = entry.get("meta")
+    for size in (entry.get("max_model_len"), meta.get("n_ctx_train") if isinstance(meta, dict) else None):
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            return size
+    return None
 
 
 # ---- the backend -----------------------------------------------------------------------------------
 
-_FINISH = {"stop": "stop", "eos": "stop", "length": "length"}
+_FINISH = {"stop": "stop", "eos": "stop", "length": "length", "max_tokens": "length",
+           "content_filter": "content_filter"}
 
 
 class OpenAIBackend:
@@ -260,16 +378,28 @@ class OpenAIBackend:
 
     def __init__(self, config: EndpointConfig):
         self.config = config
+        self._secrets = config.secrets()
+        self._root, self._basic_auth = split_credentials(config.root)  # requests never carry credentials
         self._models: list[dict] | None = None
         self._http = None
         self._lock = threading.Lock()
 
     def describe(self) -> str:
-        return f"{self.config.model or 'the first model'} at {self.config.root}"
+        return f"{self.config.model or 'the first model'} at {self.config.shown_root}"
+
+    @contextmanager
+    def _boundary(self):
+        """Where messages leave the backend: every LLMError is redacted here and raised without its cause
+        (an httpx exception's text may hold the URL's credentials)."""
+        try:
+            yield
+        except LLMError as exc:
+            raise LLMError(redact(str(exc), self._secrets)) from None
 
     def client(self):
         """The backend's httpx client, made once: connections are kept, and so is its TLS setup (loading the
-        CA certificates takes tens of milliseconds; plain http:// servers skip it)."""
+        CA certificates takes tens of milliseconds; plain http:// servers skip it). Redirects are not
+        followed (see _check)."""
         with self._lock:
             if self._http is None:
                 import httpx
@@ -279,8 +409,8 @@ class OpenAIBackend:
                     headers["Authorization"] = "Bearer " + self.config.api_key.reveal()
                 timeout = httpx.Timeout(connect=self.config.connect_timeout, read=self.config.read_timeout,
                                         write=self.config.read_timeout, pool=self.config.connect_timeout)
-                self._http = httpx.Client(timeout=timeout, headers=headers,
-                                          verify=self.config.root.startswith("https://"))
+                self._http = httpx.Client(timeout=timeout, headers=headers, follow_redirects=False,
+                                          auth=self._basic_auth, verify=self._root.startswith("https://"))
             return self._http
 
     def close(self) -> None:
@@ -290,23 +420,31 @@ class OpenAIBackend:
                 self._http = None
 
     def _fail(self, response) -> LLMError:
-        message = _redacted(server_message(response.read()), self.config.api_key)
-        return LLMError(http_error(response.status_code, response.reason_phrase, message))
+        body, _ = _read_at_most(response, MAX_ERROR_BODY_BYTES)
+        return LLMError(http_error(response.status_code, response.reason_phrase, server_message(body, self._secrets)))
+
+    def _check(self, response) -> None:
+        """An LLMError for a redirect (never followed: the key would go to another address) or an HTTP error."""
+        status = response.status_code
+        if 300 <= status < 400:
+            location = response.headers.get("location") or "(no Location header)"
+            raise LLMError(f"the server redirected to {quoted(location, self._secrets)} (HTTP {status} "
+                           f"{response.reason_phrase}); redirects are not followed, so the API key is never sent "
+                           f"elsewhere: give that address as the server URL if you trust it")
+        if status >= 400:
+            raise self._fail(response)
 
     def models(self) -> list[dict]:
         """The server's /v1/models list (fetched once per backend)."""
         if self._models is None:
-            with _http_errors(self.config):
-                response = self.client().get(self.config.root + "/models")
-                if response.status_code >= 400:
-                    raise self._fail(response)
-                try:
-                    data = response.json()["data"]
-                    models = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise LLMError(f"the server's {self.config.root}/models answer is not an OpenAI model list "
-                                   f"({_shown(response.content)}); give the model name") from exc
-            self._models = models
+            with self._boundary(), _http_errors(self.config):
+                with self.client().stream("GET", self._root + "/models") as response:
+                    self._check(response)
+                    body, complete = _read_at_most(response, MAX_MODELS_BYTES)
+                if not complete:
+                    raise LLMError(f"the server's {self.config.shown_root}/models answer is larger than "
+                                   f"{MAX_MODELS_BYTES:,} bytes; give the model name")
+                self._models = _model_list(body, self._secrets, self.config.shown_root)
         return self._models
 
     def model_name(self) -> str:
@@ -314,7 +452,7 @@ class OpenAIBackend:
             return self.config.model
         models = self.models()
         if not models:
-            raise LLMError(f"the server at {self.config.root} lists no models; give the model name")
+            raise LLMError(f"the server at {self.config.shown_root} lists no models; give the model name")
         return models[0]["id"]
 
     def count_tokens(self, messages: list[dict]) -> tuple[int, bool]:
@@ -330,11 +468,8 @@ class OpenAIBackend:
                 entries = [m for m in self.models() if m["id"] == self.config.model]
             except LLMError:  # the list is optional when the model is named: the context stays unknown
                 return None
-        for entry in entries:
-            size = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
-            if isinstance(size, int) and size > 0:
-                return size
-        return None
+        sizes = [size for size in map(_context_size, entries) if size is not None]
+        return sizes[0] if sizes else None
 
     def request_body(self, messages: list[dict], settings: GenerationSettings) -> dict:
         body = {"model": self.model_name(), "messages": messages, "stream": True,
@@ -346,22 +481,22 @@ class OpenAIBackend:
 
     def stream(self, messages: list[dict], settings: GenerationSettings,
                stop: threading.Event) -> Iterator[TextDelta | Finished]:
-        body = self.request_body(messages, settings)
-        state = _StreamState()
-        start = time.perf_counter()
-        with _http_errors(self.config, state):
-            while True:
-                with self.client().stream("POST", self.config.root + "/chat/completions", json=body,
-                                   headers={"Accept": "text/event-stream"}) as response:
-                    if response.status_code >= 400:
-                        error = self._fail(response)
-                        # a server that rejects the optional seed: ask again without it
-                        if response.status_code in (400, 422) and "seed" in body and "seed" in str(error):
-                            del body["seed"]
-                            continue
-                        raise error
-                    yield from _read_stream(response, stop, state, start, self.config.api_key)
-                    return
+        with self._boundary():
+            body = self.request_body(messages, settings)
+            reading = _Reading(self._secrets, max_event_bytes(settings.max_answer_chars))
+            with _http_errors(self.config, reading):
+                while True:
+                    with self.client().stream("POST", self._root + "/chat/completions", json=body,
+                                              headers={"Accept": "text/event-stream"}) as response:
+                        if response.status_code in (400, 422) and "seed" in body:
+                            error = self._fail(response)
+                            if "seed" in str(error):  # a server that rejects the optional seed: ask without it
+                                del body["seed"]
+                                continue
+                            raise error
+                        self._check(response)
+                        yield from _read_stream(response, stop, reading)
+                        return
 
 
 class ChunkTemplate:
@@ -438,80 +573,144 @@ def _literal_end(data: bytes, start: int) -> int | None:
     return start + len(text[:end].encode("utf-8"))
 
 
-def _read_stream(response, stop: threading.Event, state: _StreamState, start: float,
-                 key: Secret | None) -> Iterator[TextDelta | Finished]:
+def _read_stream(response, stop: threading.Event, reading: _Reading) -> Iterator[TextDelta | Finished]:
     if response.headers.get("content-type", "").startswith("application/json"):
-        yield from _whole_answer(response.read(), state, start, key)  # a server that ignored "stream"
+        yield from _whole_answer(response, reading)  # a server that ignored "stream"
         return
-    decoder, template = SSEDecoder(), ChunkTemplate()
+    decoder, template = SSEDecoder(reading.max_bytes), ChunkTemplate()
     templated = template.content
+    redactor = StreamRedactor(reading.secrets)
+    mask = redactor.feed if redactor.forms else None
     finish, usage, done = None, None, False
     chunks = response.iter_bytes()
     while not done:
         chunk = next(chunks, None)
         content = templated(chunk) if chunk is not None and decoder.idle else None
-        if content is not None:  # a token event like the last ones: no full parse needed
+        if content:  # a token event like the last ones: no full parse needed
             decoder.line_number += 2
-            if content:
-                state.tokens += 1
-                yield TextDelta(content, state.tokens)
+            reading.tokens += 1
+            text = mask(content) if mask else content
+            if text:
+                yield TextDelta(text, reading.tokens)
         else:
-            try:
-                events = decoder.close() if chunk is None else decoder.feed(chunk)
-            except SSEError as exc:
-                raise LLMError(str(exc)) from exc
+            if content is None:
+                events = _decoded(decoder, chunk, reading)
+            else:  # an empty token event
+                events, decoder.line_number = (), decoder.line_number + 2
             for name, data in events:
                 if data == "[DONE]":
                     done = True
                     break
-                obj = _event_json(name, data, key)
+                obj = _event_object(name, data, reading, at_end=chunk is None)
                 if chunk is not None and len(events) == 1 and not name:
                     template.learn(chunk, obj)
-                for choice in obj.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        state.tokens += 1
-                        yield TextDelta(content, state.tokens)
-                    finish = choice.get("finish_reason") or finish
-                usage = obj.get("usage") or usage
+                content, reason, event_usage = _event_parts(obj, data, reading)
+                if content:
+                    reading.tokens += 1
+                    text = mask(content) if mask else content
+                    if text:
+                        yield TextDelta(text, reading.tokens)
+                finish = reason or finish
+                usage = event_usage or usage
+            if decoder.line_number - 2 * reading.tokens > reading.max_idle_lines:  # two lines per token event
+                raise LLMError(f"the server sent more than {reading.max_idle_lines:,} lines without answer text "
+                               f"(after {reading.tokens} tokens): it streams without answering")
         if stop.is_set() and not done:
-            yield Finished("stopped", "", state.tokens, time.perf_counter() - start)
+            yield from _held_back(redactor, reading)
+            yield Finished("stopped", "", reading.tokens, reading.seconds())
             return
         if chunk is None:
             break
     if not done and finish is None:
-        raise LLMError(f"the server ended the stream before the answer was complete (after {state.tokens} "
-                       f"tokens, no finish reason and no [DONE])")
-    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    tokens = tokens if isinstance(tokens, int) and tokens >= 0 else state.tokens
-    yield Finished(_FINISH.get(finish, "stop"), "", tokens, time.perf_counter() - start)
+        raise LLMError(_closed_mid_answer(reading.tokens, "the server sent no finish reason and no [DONE]"))
+    yield from _held_back(redactor, reading)
+    tokens = (usage or {}).get("completion_tokens")
+    yield Finished(_FINISH.get(finish, "stop"), "", reading.tokens if tokens is None else tokens, reading.seconds())
 
 
-def _event_json(name: str, data: str, key: Secret | None) -> dict:
+def _held_back(redactor: StreamRedactor, reading: _Reading) -> Iterator[TextDelta]:
+    """The answer's tail the redactor still holds (it could have begun a secret)."""
+    text = redactor.close()
+    if text:
+        yield TextDelta(text, reading.tokens)
+
+
+def _decoded(decoder: SSEDecoder, chunk: bytes | None, reading: _Reading) -> list[tuple[str, str]]:
+    """The events `chunk` completes (None: the stream ended); a malformed stream is an LLMError."""
     try:
-        obj = json.loads(data)
-    except ValueError as exc:
-        raise LLMError(f"malformed server-sent event: the data is not JSON: {_shown(data)}") from exc
+        return decoder.close() if chunk is None else decoder.feed(chunk)
+    except SSEError as exc:
+        if chunk is None:  # the last line was cut
+            raise LLMError(_closed_mid_answer(reading.tokens, "in the middle of an event")) from None
+        raise LLMError(f"{exc}: {quoted(exc.line, reading.secrets)}" if exc.line else str(exc)) from None
+
+
+def _event_object(name: str, data: str, reading: _Reading, at_end: bool) -> dict:
+    """An event's JSON object; an error event, or data that is not a JSON object, is an LLMError (data cut
+    by the end of the stream: the connection closed mid-answer)."""
+    if name == "error":
+        raise LLMError(f"the server reported an error during the answer: "
+                       f"{server_message(data.encode('utf-8'), reading.secrets)}")
+    try:
+        obj = _json(data)
+    except ValueError:
+        if at_end:
+            raise LLMError(_closed_mid_answer(reading.tokens, "in the middle of an event")) from None
+        raise reading.sent("an event whose data is not JSON", data) from None
     if not isinstance(obj, dict):
-        raise LLMError(f"malformed server-sent event: expected a JSON object, got {_shown(data)}")
-    error = obj.get("error")
-    if name == "error" or error:
-        message = server_message(json.dumps(obj).encode()) if error else data
-        raise LLMError(f"the server reported an error during the answer: {_redacted(message, key)}")
+        raise reading.sent("an event that is not a JSON object", data)
+    if obj.get("error"):
+        raise LLMError(f"the server reported an error during the answer: "
+                       f"{server_message(data.encode('utf-8'), reading.secrets)}")
     return obj
 
 
-def _whole_answer(body: bytes, state: _StreamState, start: float,
-                  key: Secret | None) -> Iterator[TextDelta | Finished]:
-    obj = _event_json("", body.decode("utf-8", errors="replace"), key)
-    try:
-        choice = obj["choices"][0]
-        content = choice["message"]["content"] or ""
-    except (KeyError, IndexError, TypeError) as exc:
-        raise LLMError(f"the server's answer has no choices[0].message.content: {_shown(body)}") from exc
-    usage = obj.get("usage") or {}
-    state.tokens = usage.get("completion_tokens") or 1
-    if content:
-        yield TextDelta(content, state.tokens)
-    yield Finished(_FINISH.get(choice.get("finish_reason"), "stop"), "", state.tokens,
-                   time.perf_counter() - start)
+def _is_count(value) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def _event_parts(obj: dict, data: str, reading: _Reading, part: str = "delta") -> tuple[str, str | None, dict | None]:
+    """(text, finish reason, usage) of a stream event, or with part="message" of a whole answer. Every field
+    used is checked: a wrong type is an LLMError quoting the event, never an AttributeError or TypeError."""
+    choices = obj.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise reading.sent("an event whose 'choices' is not a list", data)
+    texts, finish = [], None
+    for choice in choices or ():
+        if not isinstance(choice, dict):
+            raise reading.sent("a choice that is not a JSON object", data)
+        message = choice.get(part)
+        if message is not None and not isinstance(message, dict):
+            raise reading.sent(f"a choice whose '{part}' is not a JSON object", data)
+        content = message.get("content") if message is not None else None
+        if content is not None and not isinstance(content, str):
+            raise reading.sent(f"a '{part}.content' that is not a string", data)
+        reason = choice.get("finish_reason")
+        if reason is not None and not isinstance(reason, str):
+            raise reading.sent("a 'finish_reason' that is not a string", data)
+        if content:
+            texts.append(content)
+        finish = reason or finish
+    usage = obj.get("usage")
+    if usage is not None and not (isinstance(usage, dict) and _is_count(usage.get("completion_tokens"))):
+        raise reading.sent("a 'usage' that is not an object with a whole completion_tokens", data)
+    return "".join(texts), finish, usage
+
+
+def _whole_answer(response, reading: _Reading) -> Iterator[TextDelta | Finished]:
+    """A non-streamed chat completion ({"choices": [{"message": {"content": ...}}]}), read up to the limit."""
+    body, complete = _read_at_most(response, reading.max_bytes)
+    if not complete:
+        raise LLMError(f"the server's answer is longer than {reading.max_bytes:,} bytes; no answer within the "
+                       f"answer cap is that long")
+    data = body.decode("utf-8", errors="replace")
+    obj = _event_object("", data, reading, at_end=False)
+    content, finish, usage = _event_parts(obj, data, reading, part="message")
+    if not obj.get("choices"):
+        raise reading.sent("an answer without choices", data)
+    tokens = (usage or {}).get("completion_tokens")
+    reading.tokens = tokens if tokens is not None else 1
+    text = redact(content, reading.secrets)
+    if text:
+        yield TextDelta(text, reading.tokens)
+    yield Finished(_FINISH.get(finish, "stop"), "", reading.tokens, reading.seconds())
