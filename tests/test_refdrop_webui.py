@@ -246,9 +246,13 @@ def test_disabled_layers_map_to_physical_blocks(ui, refs, family, disabled, phys
 
 
 BAD_LISTS = {
-    "output:9": "'output:9': output has indices 0-8 on this model",
+    "output:9": "Disabled layers: 'output:9': output has indices 0-8 on this model",
     "middle:0-1": "middle has indices 0-0",
-    "outputs:1": "is not group:index or group:first-last (groups: input, middle, output)",
+    "outputs:1": "Disabled layers: 'outputs:1' is not group:index or group:first-last (groups: input, middle, "
+                 "output; e.g. output:0-3)",
+    "output:5-2": "Disabled layers: 'output:5-2' runs backwards (5 > 2); write output:2-5",
+    "input:" + "9" * 5000: "is not group:index or group:first-last",
+    "output:\u0661": "is not group:index or group:first-last",      # a digit, but not 0-9
 }
 
 

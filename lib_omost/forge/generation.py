@@ -11,11 +11,13 @@ from typing import Any, Sequence
 
 from lib_omost.forge.webui import UnsupportedModel, model_info
 from lib_omost.params import Feature, ParamError, overrides_of
+from lib_omost.quoting import shortened
 
 log = logging.getLogger("sd-forge-omost")
 
 
 def report_problem(p, feature: Feature, message: str) -> None:
+    message = shortened(message)        # input is quoted short already; this bounds text from elsewhere
     log.warning("%s: %s", feature.title, message)
     notes = getattr(p, "extra_generation_params", None)
     if notes is not None:
