@@ -460,16 +460,10 @@ def save_reference(store: ReferenceStore, path: str, *, model_family: str, resol
         os.replace(tmp, path)
         return os.path.getsize(path)
     except (OSError, SafetensorError) as e:
-        _remove_if_there(tmp)
+        if os.path.isfile(tmp):             # a half-written temporary file
+            os.remove(tmp)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else shortened(str(e), QUOTE_CHARS * 2)
         raise ReferenceSaveError(path, reason) from None
-
-
-def _remove_if_there(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        return
 
 
 def read_reference_info(path: str) -> ReferenceInfo:

@@ -16,7 +16,8 @@ from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMis
                                          ReferenceStore, check_reference_family, load_reference, save_reference,
                                          step_index)
 from lib_omost.features import refdrop
-from lib_omost.forge.generation import loaded_model_info, read_values, report_problem, write_infotext
+from lib_omost.forge.generation import (add_note, loaded_model_info, read_values, report_problem,
+                                       write_infotext)
 from lib_omost.forge.plan_install import apply_feature
 from lib_omost.forge.webui import schedule_sigmas
 from lib_omost.quoting import quoted
@@ -137,8 +138,18 @@ class SaveJob:
     family: str
     steps: int
     store: ReferenceStore
-    failed: bool = False        # recording stopped (it would be incomplete) or writing failed: no file
+    problem: str = ""           # why there is no file: recording stopped (it would be incomplete), nothing
+                                # was recorded, or writing failed; repeated in the notes of later batches
     written: bool = False       # the file is on disk (written after the first batch, which records it all)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problem)
+
+
+def fail_job(p, job: SaveJob, message: str) -> None:
+    job.problem = message
+    report_problem(p, refdrop.FEATURE, message)
 
 
 def latent_size(p) -> tuple[int, int]:
@@ -166,7 +177,9 @@ def run_refdrop(p, args, **_sampling) -> None:
             reference_path(values["reference"])          # a bad name fails now, not after sampling
             job = getattr(p, SAVE_ATTR, None)
             if job is not None and (job.written or job.failed):
-                return              # later batches (n_iter): the first batch recorded the reference
+                if job.failed:      # later batches (n_iter): the first batch recorded the reference
+                    add_note(p, feature, job.problem)
+                return
             if job is None:         # the first batch
                 budget, rows = budget_bytes(), 2 if values["keep_uncond"] else 1
                 refdrop.check_save_budget(refdrop.save_bytes(info, layers, latent_size(p), limit, rows), budget,
@@ -211,16 +224,14 @@ def report_batch(p) -> None:
         if not stage.problems:
             continue
         if stage.mode == refdrop.SAVE:
-            job.failed = True
-            report_problem(p, refdrop.FEATURE, f"{stage.problems[0]}; recording stopped and the reference "
-                                               f"{quoted(job.name)} is not saved (it would be incomplete)")
+            fail_job(p, job, f"{stage.problems[0]}; recording stopped and the reference {quoted(job.name)} is "
+                             "not saved (it would be incomplete)")
         else:
             report_problem(p, refdrop.FEATURE, f"{stage.problems[0]}; RefDrop stopped there and the rest of "
                                                f"this pass ran without it")
     if job is not None and not job.failed and not job.store.entries:
-        job.failed = True
-        report_problem(p, refdrop.FEATURE, f"nothing was recorded (no selected layer or step); the reference "
-                                           f"{quoted(job.name)} is not saved")
+        fail_job(p, job, f"nothing was recorded (no selected layer or step); the reference {quoted(job.name)} "
+                         "is not saved")
     if job is not None and not (job.failed or job.written):
         write_reference(p, job)
 
@@ -233,10 +244,9 @@ def write_reference(p, job: SaveJob) -> None:
         size = save_reference(job.store, path, model_family=job.family, resolution=(int(p.width), int(p.height)),
                               steps=job.steps)
     except ReferenceSaveError as e:
-        job.failed = True
         log.warning("RefDrop: %s", e)
-        report_problem(p, refdrop.FEATURE, f"the reference {quoted(job.name)} could not be written ({e.reason}); "
-                                           "nothing was saved (the console names the folder)")
+        fail_job(p, job, f"the reference {quoted(job.name)} could not be written ({e.reason}); nothing was "
+                         "saved (the console names the folder)")
         return
     job.written = True
     _cache.pop(path, None)       # the next Use loads the new file
