@@ -252,6 +252,30 @@ def test_a_canvas_of_too_many_chunks_is_refused_before_encoding(flavour):
     assert torch.equal(refused.latents, plain.latents)
 
 
+def test_hostile_canvases_and_values_over_the_api_are_short_notes(flavour):
+    ui = harness.start_webui([ROOT])
+    request = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 3, "cfg_scale": 5}
+    plain = ui.api_txt2img(request)
+    ours = json.dumps(canvas_to_json(example_canvas()))
+    cases = {
+        "lone surrogate": ([True, ours.replace("A golden retriever", "\\ud800")], "lone surrogate"),
+        "5000-digit distance": ([True, ours.replace('"distance": 8.0', '"distance": ' + "7" * 5000, 1)],
+                                "<an integer of 5000 digits>"),
+        "50 MB canvas": ([True, ours + " " * 50_000_000], "the canvas text is too long"),
+        "long method name": ([True, ours, "m" * 200_000], "Method: 'mmmm"),
+        "enabled 'no'": (["no", ours], None),
+    }
+    for case, (args, message) in cases.items():
+        result = ui.api_txt2img({**request, "alwayson_scripts": {TITLE: {"args": args}}})
+        note = result.extra_generation_params.get("Omost note", "")
+        assert torch.equal(result.latents, plain.latents), case
+        if message is None:
+            assert note == "" and "Omost" not in result.extra_generation_params, case
+        else:
+            assert message in note and "did not run" in note and len(note) < 500, (case, note[:300])
+    assert harness.reported_errors() == []
+
+
 def test_xyz_method_by_strength_cells_use_their_own_settings(flavour):
     ui = harness.start_webui([ROOT])
     xyz = ui.runner().selectable_scripts[0]

@@ -177,7 +177,7 @@ def check_placement(location: Any, offset: Any, area: Any, rect: tuple, path: st
     """location/offset/area: each null or an allowed phrase; when all three are set, rect must be theirs."""
     for key, value, table in (("location", location, LOCATIONS), ("offset", offset, OFFSETS),
                               ("area", area, AREAS)):
-        if value is not None and value not in table:
+        if value is not None and (not isinstance(value, str) or value not in table):
             raise CanvasError(f"{path}.{key}: must be null or one of {', '.join(map(repr, table))}; "
                               f"got {quoted(value)}")
     if location is not None and offset is not None and area is not None:

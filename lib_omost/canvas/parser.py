@@ -357,7 +357,9 @@ def _parse_statement(text: str, first_line: int) -> list[ast.stmt]:
         if header:
             what = _HEADERS[header.group(1) or header.group(2)]
             raise CanvasError(f"{what} are not allowed; only {_ALLOWED_SHAPES}", first_line) from None
-        raise CanvasError(f"invalid Python syntax: {exc.msg}", line) from None
+        if "integer string conversion" in exc.msg:      # Python's digit limit, raised while parsing
+            raise CanvasError(f"a number of thousands of digits is out of range (|x| <= {MAX_NUMBER:g})", line) from None
+        raise CanvasError(f"invalid Python syntax: {shortened(exc.msg, QUOTE_CHARS * 2)}", line) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         # null bytes, integer literals over the digit limit, absurd nesting
         raise CanvasError(f"rejected by the Python parser: {type(exc).__name__}: {str(exc)[:80]}",
