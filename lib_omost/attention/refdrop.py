@@ -420,6 +420,11 @@ def _entry_problem(shape: tuple, dtype: str, step: int, steps: int, width: int |
     return None
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """No NaN or infinity in ``x`` (amax propagates NaN; many times faster than isfinite(x).all() in fp16)."""
+    return bool(torch.isfinite(x.abs().amax()))
+
+
 def _stored_dtype(shapes: dict) -> torch.dtype:
     dtypes = {dtype for _, dtype in shapes.values()}
     return FILE_DTYPES[dtypes.pop()] if len(dtypes) == 1 else torch.float16
@@ -488,7 +493,7 @@ def load_reference(path: str, *, budget_bytes: int | None = None) -> tuple[Refer
         store = ReferenceStore(budget_bytes=budget_bytes, dtype=dtype)
         for key in sorted(shapes):
             k, v = (f.get_tensor(_tensor_name(*key, which)) for which in ("k", "v"))
-            if not (torch.isfinite(k).all() and torch.isfinite(v).all()):
+            if not (_all_finite(k) and _all_finite(v)):
                 raise ReferenceFileError(f"{name}: entry {_entry_label(*key)} holds NaN or infinite "
                                          "values; save the reference again")
             store.put(*key, k, v)
