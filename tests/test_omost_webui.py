@@ -237,8 +237,12 @@ def test_incompatible_lengths_stay_at_the_longer_context(flavour, chunks, monkey
     assert {c.context_shape[1] for c in calls} == {77 * math.lcm(chunks, 10)}        # what it was
 
 
-def test_a_canvas_of_too_many_chunks_is_refused_before_encoding(flavour):
-    ui = harness.start_webui([ROOT])
+def test_a_canvas_of_too_many_chunks_is_refused_before_encoding():
+    with harness.use_flavour("forge"):          # pure checks before any WebUI call: one flavour is enough
+        too_many_chunks_refused(harness.start_webui([ROOT]))
+
+
+def too_many_chunks_refused(ui):
     words = " ".join(["ox"] * 60)                            # one chunk per detailed description
     canvas = example_canvas()
     for region in canvas.regions:
@@ -252,8 +256,12 @@ def test_a_canvas_of_too_many_chunks_is_refused_before_encoding(flavour):
     assert torch.equal(refused.latents, plain.latents)
 
 
-def test_hostile_canvases_and_values_over_the_api_are_short_notes(flavour):
-    ui = harness.start_webui([ROOT])
+def test_hostile_canvases_and_values_over_the_api_are_short_notes():
+    with harness.use_flavour("forge"):          # parsing and validation only: one flavour is enough
+        hostile_api_values_are_short_notes(harness.start_webui([ROOT]))
+
+
+def hostile_api_values_are_short_notes(ui):
     request = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 3, "cfg_scale": 5}
     plain = ui.api_txt2img(request)
     ours = json.dumps(canvas_to_json(example_canvas()))
