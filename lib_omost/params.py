@@ -15,8 +15,12 @@ Pure Python: no gradio, no WebUI imports.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+from lib_omost.quoting import quoted
 
 BOOL, INT, FLOAT, CHOICE, TEXT, JSON = "bool", "int", "float", "choice", "text", "json"
 KINDS = (BOOL, INT, FLOAT, CHOICE, TEXT, JSON)
@@ -26,6 +30,29 @@ OVERRIDES_ATTR = "omost_overrides"   # attribute set on a per-cell copy of p by 
 
 class ParamError(ValueError):
     """An argument that does not fit its declaration; the message names the parameter and what is allowed."""
+
+
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0", "")
+ENABLED_LABEL = "Enabled"           # how messages name an accordion's enable flag (argument 0)
+
+
+def parse_bool(value: Any, label: str) -> bool:
+    """The one reading of every boolean argument (enable flags included): a bool, the number 0 or 1, or one of
+    TRUE_WORDS / FALSE_WORDS in any case. Anything else is a ParamError naming ``label`` and what is allowed:
+    ``bool("false")`` would be True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Real) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise ParamError(f"{label}: {quoted(value)} is not a boolean; allowed: true or false (also yes/no, on/off, "
+                     f"1/0, any case)")
 
 
 @dataclass(frozen=True)
@@ -56,28 +83,22 @@ class Param:
             return self._coerce(value)
         except ParamError:
             raise
-        except (TypeError, ValueError) as e:
-            raise ParamError(f"{self.label}: {value!r} is not a valid {self.kind} ({e})") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ParamError(f"{self.label}: {quoted(value)} is not a valid {self.kind}; allowed: "
+                             f"{self.allowed()}") from None
 
     def _coerce(self, value: Any) -> Any:
         if self.kind == BOOL:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("true", "1", "yes", "on"):
-                    return True
-                if low in ("false", "0", "no", "off", ""):
-                    return False
-                raise ParamError(f"{self.label}: {value!r} is not true or false")
-            return bool(value)
+            return parse_bool(value, self.label)
         if self.kind in (INT, FLOAT):
             if isinstance(value, bool):
-                raise ParamError(f"{self.label}: expected a number, got {value!r}")
+                raise ParamError(f"{self.label}: expected a number, got {quoted(value)}")
             number = float(value)
-            if number != number:
-                raise ParamError(f"{self.label}: NaN is not allowed")
+            if not math.isfinite(number):
+                raise ParamError(f"{self.label}: {quoted(value)} is not a finite number; allowed: {self.allowed()}")
             if self.kind == INT:
                 if number != int(number):
-                    raise ParamError(f"{self.label}: expected a whole number, got {value!r}")
+                    raise ParamError(f"{self.label}: expected a whole number, got {quoted(value)}")
                 number = int(number)
             self._check_range(number)
             return number
@@ -86,7 +107,7 @@ class Param:
             for choice in self.choices:
                 if choice.lower() == text.lower():
                     return choice
-            raise ParamError(f"{self.label}: {value!r} is not one of {', '.join(self.choices)}")
+            raise ParamError(f"{self.label}: {quoted(value)} is not one of {', '.join(self.choices)}")
         if self.kind == JSON:
             if isinstance(value, str):
                 return value
@@ -98,6 +119,18 @@ class Param:
         high = self.maximum if self.maximum is not None else float("inf")
         if not low <= number <= high:
             raise ParamError(f"{self.label}: {number:g} is outside the allowed range {low:g} to {high:g}")
+
+    def allowed(self) -> str:
+        """What this parameter accepts, in words (messages and the README's API tables)."""
+        if self.kind == CHOICE:
+            return " / ".join(self.choices)
+        if self.kind in (INT, FLOAT):
+            if self.minimum is None or self.maximum is None:
+                return "whole numbers" if self.kind == INT else "numbers"
+            return f"{self.minimum:g} to {self.maximum:g}"
+        if self.kind == BOOL:
+            return "True / False"
+        return "JSON text" if self.kind == JSON else "text"
 
     def format(self, value: Any) -> str:
         if self.kind == FLOAT:
@@ -159,7 +192,11 @@ class Feature:
         raw.update(mine)
         if any(name != "enabled" for name in mine):
             raw["enabled"] = True
-        errors, out = [], {"enabled": bool(raw["enabled"])}
+        errors, out = [], {}
+        try:
+            out["enabled"] = parse_bool(raw["enabled"], ENABLED_LABEL)
+        except ParamError as e:
+            errors.append(str(e))
         for param in self.params:
             try:
                 out[param.name] = param.coerce(raw[param.name])
@@ -217,12 +254,16 @@ class Feature:
     def from_infotext(self, params: dict[str, str]) -> dict[str, Any]:
         """Values read back from a parsed infotext; absent keys keep their defaults, bad ones are reported."""
         out = self.defaults()
-        out["enabled"] = str(params.get(self.enabled_key, "False")).lower() == "true"
+        out["enabled"] = self.enabled_in(params)
         for param in self.params:
             key = self.infotext_key(param)
             if param.infotext and key in params:
                 out[param.name] = param.coerce(params[key])
         return out
+
+    def enabled_in(self, params: dict[str, Any]) -> bool:
+        """Whether a parsed infotext has this accordion on (``parse_bool`` of its enable flag; absent: off)."""
+        return parse_bool(params.get(self.enabled_key, False), self.enabled_key)
 
     # --- xyz ------------------------------------------------------------------------------------
     def xyz_params(self) -> list[Param]:
@@ -248,14 +289,7 @@ def markdown_table(feature: Feature) -> str:
             "|---|---|---|---|---|---|",
             f"| 0 | enabled | {feature.enabled_key} | bool | False | True / False |"]
     for i, p in enumerate(feature.params, start=1):
-        if p.kind == CHOICE:
-            allowed = " / ".join(p.choices)
-        elif p.kind in (INT, FLOAT):
-            allowed = f"{p.minimum:g} to {p.maximum:g}"
-        elif p.kind == BOOL:
-            allowed = "True / False"
-        else:
-            allowed = "JSON text" if p.kind == JSON else "text"
+        allowed = p.allowed()
         default = "the example canvas" if p.kind == JSON else (p.format(p.default) if p.default != "" else '""')
         rows.append(f"| {i} | {p.name} | {p.label} | {p.kind} | {default} | {allowed} |")
     return "\n".join(rows)

@@ -392,3 +392,26 @@ def test_schedule_of_the_hires_pass_is_the_one_its_sampler_runs(flavour, tmp_pat
     steps = [step_index(hires_schedule, s) for s in hires_sigmas]
     assert len(steps) == 4 and steps == list(range(steps[0], steps[0] + 4))      # four distinct, in order
     assert all(min(abs(s - t) for t in hires_schedule) < 1e-4 * max(s, 1e-3) for s in hires_sigmas)
+
+
+def test_enable_flags_sent_as_false_words_over_the_api_leave_every_accordion_off(flavour):
+    ui = webui()
+    request = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1, "cfg_scale": 5}
+    plain = ui.api_txt2img(request)
+    for word in ("false", "False", "no", "0", "off"):        # bool(word) is True for each of them
+        off = ui.api_txt2img({**request, "alwayson_scripts": {title: {"args": [word]} for title in TITLES}})
+        assert torch.equal(off.latents, plain.latents), word
+        assert not any(k.startswith(TITLES) for k in off.extra_generation_params), word
+    assert harness.reported_errors() == []
+
+
+def test_enable_flags_sent_as_words_turn_accordions_on_or_are_reported(flavour):
+    ui = webui()
+    request = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1, "cfg_scale": 5}
+    on = ui.api_txt2img({**request, "alwayson_scripts": {"HiDiffusion": {"args": ["True"]}}})
+    assert "HiDiffusion applied" in on.extra_generation_params
+    bad = ui.api_txt2img({**request, "alwayson_scripts": {"HiDiffusion": {"args": ["maybe"]}}})
+    note = bad.extra_generation_params["HiDiffusion note"]
+    assert note.startswith("Enabled: 'maybe' is not a boolean; allowed: true or false") and "did not run" in note
+    assert "HiDiffusion applied" not in bad.extra_generation_params
+    assert harness.reported_errors() == []

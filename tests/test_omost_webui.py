@@ -2,13 +2,16 @@
 infotext round trip of the canvas, xyz over method x strength, the API with canvas JSON, chat handlers."""
 
 import json
+import math
 import os
 import threading
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lib_omost.canvas import canvas_to_json, example_canvas, load_canvas_text
+from lib_omost.canvas import CanvasError, canvas_to_json, example_canvas, load_canvas_text
 from lib_omost.features import omost
 from tests.standin import harness
 
@@ -36,7 +39,7 @@ def test_swap_context_replaces_cond_rows_and_repeats_to_the_lcm():
     assert torch.equal(out[0], own[0].repeat(3, 1)) and torch.equal(out[1], own[1].repeat(3, 1))
     assert torch.equal(out[2], ours.repeat(2, 1)) and torch.equal(out[3], ours.repeat(2, 1))
     only_cond = omost.swap_context(own[:2], [0], ours)                           # CFG 1: no uncond chunk
-    assert torch.equal(only_cond, ours.repeat(2, 1).expand(2, -1, -1))
+    assert torch.equal(only_cond, ours.expand(2, -1, -1))                        # keeps its own length
     vec = torch.zeros(4, 5)
     swapped = omost.swap_rows(vec, [0, 1], torch.ones(5))
     assert swapped[:2].eq(1).all() and swapped[2:].eq(0).all()
@@ -53,6 +56,65 @@ def test_prompt_box_and_escaping():
     chunks = omost.chunk_texts(prompts, lambda t: len(t.split()))
     assert [r for r, _ in chunks][0] == 0 and sorted({r for r, _ in chunks}) == list(range(len(prompts)))
     assert omost.token_regions([(0, 3), (2, 2)]).tolist() == [0, 0, 0, 2, 2]
+
+
+def lcm_swap(context, cond_or_uncond, regional, filler=None):
+    """The context swap before issue 15: every row repeated to the LCM of both lengths (the reference for
+    the cases whose result must not change)."""
+    per = context.shape[0] // len(cond_or_uncond)
+    length = math.lcm(context.shape[1], regional.shape[0])
+    own = context.repeat(1, length // context.shape[1], 1)
+    ours = regional.to(context.device, context.dtype).repeat(length // regional.shape[0], 1)
+    return torch.cat([ours.expand(per, -1, -1) if c == 0 else own[j * per:(j + 1) * per]
+                      for j, c in enumerate(cond_or_uncond)])
+
+
+@settings(max_examples=120, deadline=None)
+@given(own_chunks=st.integers(1, 30), canvas_chunks=st.integers(1, 30), chunk=st.sampled_from([1, 3, 77]),
+       uncond_first=st.booleans())
+def test_swap_context_length_is_bounded_and_exact_where_the_lcm_was_small(own_chunks, canvas_chunks, chunk,
+                                                                          uncond_first):
+    own = torch.randn(4, own_chunks * chunk, 2, dtype=torch.float64)       # 2 chunks x 2 images
+    ours = torch.randn(canvas_chunks * chunk, 2, dtype=torch.float64)
+    filler = torch.randn(chunk, 2, dtype=torch.float64)
+    chunks = [1, 0] if uncond_first else [0, 1]
+    out = omost.swap_context(own, chunks, ours, filler)
+    longest = max(own.shape[1], ours.shape[0])
+    lcm = math.lcm(own.shape[1], ours.shape[0])
+    assert out.shape[1] <= omost.MAX_CONTEXT_REPEAT * longest
+    if lcm <= omost.MAX_CONTEXT_REPEAT * longest:          # equal lengths, one dividing the other, small LCMs
+        assert torch.equal(out, lcm_swap(own, chunks, ours))
+        return
+    assert out.shape[1] == longest
+    cond, uncond = (out[2:], out[:2]) if uncond_first else (out[:2], out[2:])
+    own_uncond = own[:2] if uncond_first else own[2:]
+    for rows, x in ((cond, ours.expand(2, -1, -1)), (uncond, own_uncond)):
+        copies, rest = divmod(longest, x.shape[1])
+        assert torch.equal(rows[:, :copies * x.shape[1]], x.repeat(1, copies, 1))      # whole repetitions
+        assert torch.equal(rows[:, copies * x.shape[1]:], filler.repeat(rest // chunk, 1).expand(2, -1, -1))
+
+
+def test_swap_context_of_the_reported_lengths_stays_at_the_longer():
+    own = torch.zeros(2, 1771, 3)                          # 23 chunks of negative prompt, uncond first
+    out = omost.swap_context(own, [1, 0], torch.ones(1463, 3), torch.full((77, 3), 2.0))
+    assert out.shape == (2, 1771, 3)                        # was 33,649 tokens (their LCM)
+    assert out[0].eq(0).all() and out[1, :1463].eq(1).all() and out[1, 1463:].eq(2).all()
+    with pytest.raises(ValueError, match="no filler"):
+        omost.swap_context(own, [1, 0], torch.ones(1463, 3))
+
+
+def test_filled_token_map_gives_filler_tokens_to_the_global_region():
+    regions = torch.tensor([0, 0, 1, 2, 2])
+    assert torch.equal(omost.fit_token_regions(regions, 15), regions.repeat(3))
+    assert omost.fit_token_regions(regions, 12).tolist() == [0, 0, 1, 2, 2, 0, 0, 1, 2, 2, 0, 0]
+    assert omost.fit_token_regions(regions, 5) is not regions and torch.equal(omost.fit_token_regions(regions, 5),
+                                                                               regions)
+
+
+def test_chunk_limit():
+    omost.check_chunk_count(omost.MAX_CONTEXT_CHUNKS)
+    with pytest.raises(CanvasError, match=f"more than the {omost.MAX_CONTEXT_CHUNKS}"):
+        omost.check_chunk_count(omost.MAX_CONTEXT_CHUNKS + 1)
 
 
 # --- in the stand-in ----------------------------------------------------------------------------------
@@ -134,6 +196,92 @@ def test_bad_canvas_is_reported_and_nothing_runs(flavour):
                      prompt="a cat", cfg_scale=5)
     assert "Omost did not run" in bad.extra_generation_params["Omost note"]
     assert torch.equal(bad.latents, plain.latents)
+
+
+def ignore_prompt_box(ui, **extra):
+    return args_for(ui, [True, omost.FEATURE.by_name["canvas"].default, extra.get("method", omost.OMOST),
+                         extra.get("strength", 1.0), 1.0, omost.IGNORE])
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_usual_prompt_lengths_give_the_image_of_lcm_repetition(flavour, chunks, monkeypatch):
+    """The example canvas makes 10 chunks: with 1, 2 or 3 prompt/negative chunks the LCM is at most 4 x the
+    longer, so the image is bit-identical to the swap before issue 15."""
+    ui = harness.start_webui([ROOT])
+    run = dict(script_args=ignore_prompt_box(ui), prompt=" BREAK ".join(["cat"] * chunks),
+               negative_prompt=" BREAK ".join(["blurry"] * chunks), cfg_scale=5, batch_size=2)
+    now = ui.txt2img(**run)
+    monkeypatch.setattr(omost, "swap_context", lcm_swap)
+    before = ui.txt2img(**run)
+    assert harness.reported_errors() == []
+    assert torch.equal(now.latents, before.latents)
+
+
+@pytest.mark.parametrize("chunks", [7, 13])
+def test_incompatible_lengths_stay_at_the_longer_context(flavour, chunks, monkeypatch):
+    """7 prompt/negative chunks (539 tokens) against the canvas's 10 (770): the LCM would be 5,390 tokens;
+    13 chunks (1,001) against 770: 10,010. Each UNet call now takes the longer length, and the regional
+    stage still acts (the canvas filled up with global-region tokens when it is the shorter)."""
+    ui = harness.start_webui([ROOT])
+    run = dict(prompt=" BREAK ".join(["cat"] * chunks), negative_prompt=" BREAK ".join(["blurry"] * chunks),
+               cfg_scale=5)
+    with harness.record_unet_calls() as calls:
+        full = ui.txt2img(script_args=ignore_prompt_box(ui), **run)
+    plain_attention = ui.txt2img(script_args=ignore_prompt_box(ui, strength=0.0), **run)
+    assert harness.reported_errors() == []
+    assert {c.context_shape[1] for c in calls} == {77 * max(chunks, 10)}
+    assert not torch.allclose(full.latents, plain_attention.latents, atol=1e-4)
+    monkeypatch.setattr(omost, "swap_context", lcm_swap)
+    with harness.record_unet_calls() as calls:
+        ui.txt2img(script_args=ignore_prompt_box(ui), **run)
+    assert {c.context_shape[1] for c in calls} == {77 * math.lcm(chunks, 10)}        # what it was
+
+
+def test_a_canvas_of_too_many_chunks_is_refused_before_encoding():
+    with harness.use_flavour("forge"):          # pure checks before any WebUI call: one flavour is enough
+        too_many_chunks_refused(harness.start_webui([ROOT]))
+
+
+def too_many_chunks_refused(ui):
+    words = " ".join(["ox"] * 60)                            # one chunk per detailed description
+    canvas = example_canvas()
+    for region in canvas.regions:
+        region.detailed_descriptions = [f"{words} {i}" for i in range(80)]
+    assert len(canvas.regions) * 80 > omost.MAX_CONTEXT_CHUNKS
+    plain = ui.txt2img(prompt="a cat", cfg_scale=5)
+    refused = ui.txt2img(script_args=args_for(ui, [True, json.dumps(canvas_to_json(canvas))]), prompt="a cat",
+                         cfg_scale=5)
+    note = refused.extra_generation_params["Omost note"]
+    assert f"more than the {omost.MAX_CONTEXT_CHUNKS}" in note and "Omost did not run" in note
+    assert torch.equal(refused.latents, plain.latents)
+
+
+def test_hostile_canvases_and_values_over_the_api_are_short_notes():
+    with harness.use_flavour("forge"):          # parsing and validation only: one flavour is enough
+        hostile_api_values_are_short_notes(harness.start_webui([ROOT]))
+
+
+def hostile_api_values_are_short_notes(ui):
+    request = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 3, "cfg_scale": 5}
+    plain = ui.api_txt2img(request)
+    ours = json.dumps(canvas_to_json(example_canvas()))
+    cases = {
+        "lone surrogate": ([True, ours.replace("A golden retriever", "\\ud800")], "lone surrogate"),
+        "5000-digit distance": ([True, ours.replace('"distance": 8.0', '"distance": ' + "7" * 5000, 1)],
+                                "<an integer of 5000 digits>"),
+        "50 MB canvas": ([True, ours + " " * 50_000_000], "the canvas text is too long"),
+        "long method name": ([True, ours, "m" * 200_000], "Method: 'mmmm"),
+        "enabled 'no'": (["no", ours], None),
+    }
+    for case, (args, message) in cases.items():
+        result = ui.api_txt2img({**request, "alwayson_scripts": {TITLE: {"args": args}}})
+        note = result.extra_generation_params.get("Omost note", "")
+        assert torch.equal(result.latents, plain.latents), case
+        if message is None:
+            assert note == "" and "Omost" not in result.extra_generation_params, case
+        else:
+            assert message in note and "did not run" in note and len(note) < 500, (case, note[:300])
+    assert harness.reported_errors() == []
 
 
 def test_xyz_method_by_strength_cells_use_their_own_settings(flavour):

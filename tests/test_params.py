@@ -3,8 +3,11 @@
 import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lib_omost.params import BOOL, CHOICE, FLOAT, INT, TEXT, Feature, Param, ParamError, override, overrides_of
+from lib_omost.params import (BOOL, CHOICE, FALSE_WORDS, FLOAT, INT, TEXT, TRUE_WORDS, Feature, Param, ParamError,
+                              override, overrides_of, parse_bool)
 
 FEATURE = Feature("demo", "Demo", (
     Param("strength", "Strength", FLOAT, 0.5, minimum=-1, maximum=1),
@@ -63,3 +66,101 @@ def test_declaration_errors():
         Param("x", "X", CHOICE, "c", choices=("a", "b"))
     with pytest.raises(ValueError):
         Feature("f", "F", (Param("x", "X", INT, 1), Param("x", "Y", INT, 1)))
+
+
+# --- one boolean parser; messages that name the field and what is allowed (issue 15) ---------------------
+
+TRUE_INPUTS = [True, 1, 1.0, "true", "True", "TRUE", " yes ", "Yes", "on", "ON", "1"]
+FALSE_INPUTS = [False, 0, 0.0, "false", "False", "FALSE", "no", "No", "off", "Off", "0", "", "  "]
+NOT_BOOLEANS = ["nope", "truee", "2", "-1", "t", "y", "n", 2, -1, 0.5, float("nan"), None, [], {}, [True], "\ud800",
+                10 ** 5000, "x" * 200_000]
+
+
+@pytest.mark.parametrize("value", TRUE_INPUTS)
+def test_parse_bool_true(value):
+    assert parse_bool(value, "Flag") is True
+
+
+@pytest.mark.parametrize("value", FALSE_INPUTS)
+def test_parse_bool_false(value):
+    assert parse_bool(value, "Flag") is False
+
+
+@pytest.mark.parametrize("value", NOT_BOOLEANS, ids=range(len(NOT_BOOLEANS)))
+def test_parse_bool_rejects_everything_else_naming_the_field_and_the_choices(value):
+    with pytest.raises(ParamError) as e:
+        parse_bool(value, "Flag")
+    assert str(e.value).startswith("Flag: ") and "allowed: true or false" in str(e.value)
+    assert len(str(e.value)) < 250
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12))
+def test_parse_bool_of_any_text_is_a_known_word_or_a_param_error(text):
+    word = text.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        assert parse_bool(text, "Flag") is (word in TRUE_WORDS)
+    else:
+        with pytest.raises(ParamError, match="^Flag: "):
+            parse_bool(text, "Flag")
+
+
+@pytest.mark.parametrize("value", FALSE_INPUTS)
+def test_enable_flag_sent_as_a_false_word_keeps_the_accordion_off(value):
+    assert FEATURE.values([value])["enabled"] is False
+    assert FEATURE.values([value, 0.25])["enabled"] is False
+
+
+@pytest.mark.parametrize("value", TRUE_INPUTS)
+def test_enable_flag_sent_as_a_true_word_turns_it_on(value):
+    assert FEATURE.values([value])["enabled"] is True
+
+
+def test_a_bad_enable_flag_is_reported_with_the_other_bad_arguments():
+    with pytest.raises(ParamError) as e:
+        FEATURE.values(["maybe", 3.0])
+    assert "Enabled: 'maybe' is not a boolean" in str(e.value) and "Strength: 3 is outside" in str(e.value)
+
+
+def test_every_boolean_parameter_uses_the_same_parser():
+    flag = FEATURE.by_name["flag"]
+    for value in TRUE_INPUTS + FALSE_INPUTS:
+        assert flag.coerce(value) is parse_bool(value, "x")
+    for value in NOT_BOOLEANS:
+        with pytest.raises(ParamError, match="^Flag: "):
+            flag.coerce(value)
+    assert FEATURE.from_infotext({"Demo": "false"})["enabled"] is False       # was "not 'true'": also False
+    assert FEATURE.from_infotext({"Demo": "True"})["enabled"] is True
+    with pytest.raises(ParamError, match="^Demo: 'maybe'"):
+        FEATURE.from_infotext({"Demo": "maybe"})
+
+
+HOSTILE = [10 ** 400, -10 ** 400, 10 ** 5000, "1e400", "-1e400", "inf", "nan", float("inf"), float("nan"),
+           "\ud800", "x" * 200_000, [1, 2], {"a": 1}, None, object()]
+
+
+@pytest.mark.parametrize("name", ["strength", "steps", "mode", "note", "flag"])
+@pytest.mark.parametrize("value", HOSTILE, ids=range(len(HOSTILE)))
+def test_any_value_is_coerced_or_a_short_param_error_naming_the_field(name, value):
+    param = FEATURE.by_name[name]
+    try:
+        param.coerce(value)
+    except ParamError as e:
+        assert str(e).startswith(f"{param.label}: ") and len(str(e)) < 300
+        assert "invalid literal" not in str(e) and "could not convert" not in str(e)
+        if param.kind in (FLOAT, INT, CHOICE, BOOL):
+            assert "allowed" in str(e) or "outside the allowed range" in str(e) or "one of" in str(e) \
+                or "whole number" in str(e) or "expected a number" in str(e)
+
+
+def test_number_messages_say_what_is_allowed():
+    strength, steps = FEATURE.by_name["strength"], FEATURE.by_name["steps"]
+    with pytest.raises(ParamError, match=r"^Strength: 'abc' is not a valid float; allowed: -1 to 1$"):
+        strength.coerce("abc")
+    with pytest.raises(ParamError, match=r"^Strength: 'inf' is not a finite number; allowed: -1 to 1$"):
+        strength.coerce("inf")
+    with pytest.raises(ParamError, match=r"^Steps: <an integer of about 401 digits> is not a valid int; allowed: "
+                                         r"1 to 50$"):
+        steps.coerce(10 ** 400)
+    with pytest.raises(ParamError, match=r"^Mode: 'xxxx.*\.\.\..*' \(200000 characters\) is not one of Fast, Slow$"):
+        FEATURE.by_name["mode"].coerce("x" * 200_000)

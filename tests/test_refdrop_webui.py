@@ -246,9 +246,13 @@ def test_disabled_layers_map_to_physical_blocks(ui, refs, family, disabled, phys
 
 
 BAD_LISTS = {
-    "output:9": "'output:9': output has indices 0-8 on this model",
+    "output:9": "Disabled layers: 'output:9': output has indices 0-8 on this model",
     "middle:0-1": "middle has indices 0-0",
-    "outputs:1": "is not group:index or group:first-last (groups: input, middle, output)",
+    "outputs:1": "Disabled layers: 'outputs:1' is not group:index or group:first-last (groups: input, middle, "
+                 "output; e.g. output:0-3)",
+    "output:5-2": "Disabled layers: 'output:5-2' runs backwards (5 > 2); write output:2-5",
+    "input:" + "9" * 5000: "is not group:index or group:first-last",
+    "output:\u0661": "is not group:index or group:first-last",      # a digit, but not 0-9
 }
 
 
@@ -303,6 +307,113 @@ def test_a_key_missing_mid_run_stops_refdrop_and_the_infotext_says_so(ui, refs):
     result = use(ui, "holed")
     assert "no entry for step 1, layer output:9:0" in result.infotexts[0]
     assert "RefDrop stopped there and the rest of this pass ran without it" in result.infotexts[0]
+
+
+# --- hostile files, names, folders and budgets (issue 15) -------------------------------------------------------
+
+def damaged_files(good: bytes, folder):
+    """{case: path} of references that must all be refused at load: bytes and crafted tensors."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file, save_file
+
+    cases = {"empty": b"", "cut": good[:-100], "random": os.urandom(3000),
+             "huge header": struct.pack("<Q", 2 ** 62) + b"{}"}
+    paths = {}
+    for case, content in cases.items():
+        paths[case] = folder / f"{case}.safetensors"
+        paths[case].write_bytes(content)
+    (folder / "good.safetensors").write_bytes(good)
+    tensors = load_file(str(folder / "good.safetensors"))
+    from safetensors import safe_open
+    with safe_open(str(folder / "good.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    name = sorted(tensors)[0]
+    crafted = {"lacks steps": (tensors, {k: v for k, v in meta.items() if k != "steps"}),
+               "steps not a number": (tensors, {**meta, "steps": "two"}),
+               "two rows": ({**tensors, name: tensors[name].repeat(2, 1, 1)}, meta),
+               "kv_width not json": (tensors, {**meta, "kv_width": "{"}),
+               "nan": ({**tensors, name: torch.full_like(tensors[name], float("nan"))}, meta)}
+    for case, (t, m) in crafted.items():
+        paths[case] = folder / f"{case}.safetensors"
+        save_file(t, str(paths[case]), metadata=m)
+    assert json.loads(meta["kv_width"])
+    return paths
+
+
+def test_damaged_reference_files_are_reported_and_the_image_is_made_without_refdrop(ui, refs):
+    off = gen(ui, steps=1)
+    save(ui, "good", steps=1)
+    for case, path in damaged_files((refs / "good.safetensors").read_bytes(), refs).items():
+        result = use(ui, path.stem, steps=1)
+        message = note(result)
+        assert f"{path.name}" in message and message.endswith("RefDrop did not run"), (case, message)
+        assert "invalid literal" not in message and len(message) < 400, case
+        assert "RefDrop note: " in result.infotexts[0], case
+        assert torch.equal(result.latents, off.latents), case            # made without RefDrop, not aborted
+
+
+def test_a_save_into_a_folder_that_cannot_be_written_is_reported_not_claimed(ui, refs, monkeypatch, caplog):
+    blocker = refs.parent / "a file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("OMOST_REFDROP_DIR", str(blocker / "refs"))
+    off = gen(ui, steps=1)
+    with caplog.at_level("INFO", logger="sd-forge-omost"):
+        result = save(ui, "lost", steps=1, n_iter=2)
+    message = note(result)
+    assert "the reference 'lost' could not be written (Not a directory); nothing was saved" in message
+    assert all(message in text for text in result.infotexts)          # the images say so
+    assert str(blocker / "refs") in caplog.text and "saved reference" not in caplog.text
+    assert torch.equal(result.latents[:1], off.latents) and not (blocker / "refs").exists()
+    monkeypatch.setenv("OMOST_REFDROP_DIR", str(refs))
+    (refs / "taken.safetensors").mkdir(parents=True)                    # a folder where the file should go
+    assert "could not be written" in note(save(ui, "taken", steps=1))
+
+
+def test_a_save_of_several_batches_is_written_once_after_the_first(ui, refs, caplog):
+    with caplog.at_level("INFO", logger="sd-forge-omost"):
+        result = save(ui, "twice", steps=1, n_iter=2)
+    assert note(result) == "" and os.listdir(refs) == ["twice.safetensors"]
+    assert caplog.text.count("saved reference 'twice'") == 1
+
+
+BAD_NAMES = ["hero\n", "hero\r", "he\x1bro", "tab\there", "con", "CON", "Nul", "aux.v2", "com1", "LPT9.ref",
+             "com0", "prn ", "nul .x", "hero.", "hero ", "", " hero", ".hidden", "a/b", "..", "x" * 65, "hér",
+             "x" * 200_000]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=range(len(BAD_NAMES)))
+def test_reference_names_that_are_not_safe_file_names_everywhere(ui, name):
+    from lib_omost.forge.refdrop_run import check_reference_name
+    with pytest.raises(ValueError) as e:
+        check_reference_name(name)
+    assert str(e.value).startswith("reference name ") and len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("name", ["hero", "Hero 2", "my-ref_v1.2", "console", "com10", "lpt", "nullable", "auxiliary",
+                                  "con1x", "x" * 64])
+def test_reference_names_that_are_fine(ui, name):
+    from lib_omost.forge.refdrop_run import check_reference_name
+    assert check_reference_name(name) == name
+
+
+def test_a_bad_name_is_a_note_before_sampling(ui, refs):
+    for name, message in (("nul", "is a device name on Windows"), ("hero\n", "use 1-64 letters"),
+                          ("x" * 200_000, "(200000 characters)")):
+        result = save(ui, name, steps=1)
+        assert message in note(result) and "RefDrop did not run" in note(result)
+        assert len(note(result)) < 400 and not refs.exists()
+
+
+@pytest.mark.parametrize("budget", ["inf", "1e400", "nan", "-5", "0", "abc", "", 10 ** 400, float("inf"), -1.0],
+                         ids=range(10))
+def test_a_budget_setting_that_is_not_a_positive_number_is_reported(ui, refs, monkeypatch, budget):
+    from modules import shared
+    monkeypatch.setitem(shared.opts.data, "omost_refdrop_budget_mib", budget)
+    message = note(save(ui, steps=1))
+    assert "it must be a number of MiB above 0 and at most 1048576" in message and "RefDrop did not run" in message
+    assert len(message) < 400 and not refs.exists()
 
 
 # --- memory budget -------------------------------------------------------------------------------------------

@@ -21,11 +21,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 import torch
+
+from lib_omost.quoting import QUOTE_CHARS, quoted, shortened
 
 from .core import attention, halve_ceil
 from .plan import LayerKey
@@ -291,24 +295,158 @@ class ReferenceInfo:
     widths: dict                      # layer label -> K/V width
 
 
+def _entry_label(step: int, layer: str, branch: str) -> str:
+    return f"step{step:04d}/{layer}/{branch}"
+
+
 def _tensor_name(step: int, layer: str, branch: str, which: str) -> str:
-    return f"step{step:04d}/{layer}/{branch}/{which}"
+    return f"{_entry_label(step, layer, branch)}/{which}"
 
 
-def _parse_name(name: str) -> tuple[tuple[int, str, str], str]:
-    parts = name.split("/")
-    if len(parts) != 4 or not parts[0].startswith("step") or parts[3] not in ("k", "v"):
-        raise ValueError(f"tensor {name!r} is not a RefDrop reference entry")
-    return (int(parts[0][4:]), layer_label(parts[1]), _check_branch(parts[2])), parts[3]
+_LAYER_LABEL = r"(?:input|middle|output):[0-9]{1,4}:[0-9]{1,4}"
+_LAYER = re.compile(_LAYER_LABEL)
+_ENTRY_NAME = re.compile(rf"step([0-9]{{1,6}})/({_LAYER_LABEL})/(cond|uncond)/(k|v)")
+_RESOLUTION = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
+FILE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+MODEL_FAMILIES = ("sd15", "sd2", "sdxl")
+MAX_STEPS = 10_000                  # steps and image sides a reference file may state
+MAX_SIDE = 65_536
+
+
+class ReferenceFileError(ValueError):
+    """A reference file that cannot be used: unreadable, not a RefDrop reference, or inconsistent. The message
+    names the file, the part that is wrong and what it must be."""
+
+
+@contextmanager
+def _reading(path: str):
+    """``safe_open`` on a reference file; any failure to read it (empty, truncated, random bytes, an absurd
+    header) is a ReferenceFileError."""
+    from safetensors import SafetensorError, safe_open
+
+    name = os.path.basename(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            yield f
+    except SafetensorError as e:
+        raise ReferenceFileError(f"{name} is not a readable safetensors file ({shortened(str(e), QUOTE_CHARS * 2)})"
+                                 "; save the reference again") from None
+    except OSError as e:
+        raise ReferenceFileError(f"{name} cannot be read ({e.strerror or e})") from None
+
+
+def _bad_metadata(name: str, key: str, value, expected: str) -> ReferenceFileError:
+    return ReferenceFileError(f"{name}: its metadata {key!r} is {quoted(value)}, but must be {expected}; "
+                              "save the reference again")
+
+
+def _whole_number(name: str, key: str, text, low: int, high: int) -> int:
+    if not (isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 9
+            and low <= int(text) <= high):
+        raise _bad_metadata(name, key, text, f"a whole number from {low} to {high}")
+    return int(text)
+
+
+def reference_info(meta: dict | None, name: str) -> ReferenceInfo:
+    """The ReferenceInfo of a reference file's metadata (every key checked, each message naming the key)."""
+    meta = meta or {}
+    if meta.get("format") != REFERENCE_FORMAT:
+        raise ReferenceFileError(f"{name} is not a RefDrop reference file (format {quoted(meta.get('format'))}, "
+                                 f"expected {REFERENCE_FORMAT!r})")
+    missing = [key for key in ("model_family", "steps", "resolution", "kv_width") if key not in meta]
+    if missing:
+        raise ReferenceFileError(f"{name}: its metadata lacks {', '.join(map(repr, missing))}; save the reference "
+                                 "again")
+    if meta["model_family"] not in MODEL_FAMILIES:
+        raise _bad_metadata(name, "model_family", meta["model_family"], " or ".join(MODEL_FAMILIES))
+    steps = _whole_number(name, "steps", meta["steps"], 1, MAX_STEPS)
+    size = _RESOLUTION.fullmatch(meta["resolution"])
+    if size is None or not all(1 <= int(side) <= MAX_SIDE for side in size.groups()):
+        raise _bad_metadata(name, "resolution", meta["resolution"], f"WIDTHxHEIGHT in pixels (1 to {MAX_SIDE})")
+    return ReferenceInfo(meta["model_family"], steps, (int(size.group(1)), int(size.group(2))),
+                         _kv_widths(name, meta["kv_width"]))
+
+
+def _kv_widths(name: str, text: str) -> dict:
+    expected = 'a JSON object {"block:number:index": K/V width, ...}'
+    try:
+        widths = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _bad_metadata(name, "kv_width", text, expected) from None
+    if not (isinstance(widths, dict) and widths and all(
+            _LAYER.fullmatch(label) and type(width) is int and 1 <= width <= 1 << 16
+            for label, width in widths.items())):
+        raise _bad_metadata(name, "kv_width", text, expected)
+    return widths
+
+
+def _entry_shapes(f, info: ReferenceInfo, name: str) -> dict:
+    """{(step, layer, branch): (shape, dtype name)} of a file's tensors, read from its header alone: every
+    name a reference entry, k and v present with equal shapes [1, tokens >= 1, the layer's kv_width], a
+    float dtype, steps below the file's step count, layers exactly those of kv_width."""
+    found: dict = {}
+    for tensor in f.keys():
+        match = _ENTRY_NAME.fullmatch(tensor)
+        if match is None:
+            raise ReferenceFileError(f"{name}: tensor {quoted(tensor)} is not a RefDrop entry "
+                                     "(stepNNNN/block:number:index/cond|uncond/k|v); save the reference again")
+        step, layer, branch, which = int(match.group(1)), match.group(2), match.group(3), match.group(4)
+        piece = f.get_slice(tensor)
+        shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
+        problem = _entry_problem(shape, dtype, step, info.steps, info.widths.get(layer))
+        if problem:
+            raise ReferenceFileError(f"{name}: tensor {tensor!r} {problem}; save the reference again")
+        found.setdefault((step, layer, branch), {})[which] = (shape, dtype)
+    for key, pair in found.items():
+        if set(pair) != {"k", "v"} or pair["k"] != pair["v"]:
+            raise ReferenceFileError(f"{name}: entry {_entry_label(*key)} needs k and v tensors of one "
+                                     "shape and dtype; save the reference again")
+    layers = {layer for _, layer, _ in found}
+    if layers != set(info.widths):
+        raise ReferenceFileError(f"{name}: its tensors cover {len(layers)} layers but its kv_width metadata lists "
+                                 f"{len(info.widths)}; save the reference again")
+    return {key: pair["k"] for key, pair in found.items()}
+
+
+def _entry_problem(shape: tuple, dtype: str, step: int, steps: int, width: int | None) -> str | None:
+    if width is None:
+        return "is for a layer its kv_width metadata does not list"
+    if dtype not in FILE_DTYPES:
+        return f"has dtype {dtype}, not one of {', '.join(FILE_DTYPES)}"
+    if len(shape) != 3 or shape[0] != 1 or shape[1] < 1 or shape[2] != width:
+        return f"has shape {list(shape)}, not [1, tokens, {width}] (one row, the layer's K/V width)"
+    if step >= steps:
+        return f"is for step {step}, but the file says it holds {steps} steps"
+    return None
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """No NaN or infinity in ``x`` (amax propagates NaN; many times faster than isfinite(x).all() in fp16)."""
+    return bool(torch.isfinite(x.abs().amax()))
+
+
+def _stored_dtype(shapes: dict) -> torch.dtype:
+    dtypes = {dtype for _, dtype in shapes.values()}
+    return FILE_DTYPES[dtypes.pop()] if len(dtypes) == 1 else torch.float16
+
+
+class ReferenceSaveError(OSError):
+    """A reference file could not be written (the folder cannot be written, the disk is full, ...)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot write {path} ({reason})")
+        self.path, self.reason = path, reason
 
 
 def save_reference(store: ReferenceStore, path: str, *, model_family: str, resolution: tuple[int, int],
                    steps: int) -> int:
     """Write the store to a safetensors file (atomically: a temporary file, then rename); returns bytes.
+    ReferenceSaveError (with the reason) when it cannot be written; nothing is left behind then.
 
     Tensor names encode the key (``step0003/input:4:0/cond/k``); metadata: format, model family, steps,
     resolution and the K/V width per layer.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if not store.entries:
@@ -321,42 +459,44 @@ def save_reference(store: ReferenceStore, path: str, *, model_family: str, resol
                 "resolution": f"{int(resolution[0])}x{int(resolution[1])}",
                 "kv_width": json.dumps(store.widths(), sort_keys=True)}
     tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
-    return os.path.getsize(path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+        return os.path.getsize(path)
+    except (OSError, SafetensorError) as e:
+        if os.path.isfile(tmp):             # a half-written temporary file
+            os.remove(tmp)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else shortened(str(e), QUOTE_CHARS * 2)
+        raise ReferenceSaveError(path, reason) from None
 
 
 def read_reference_info(path: str) -> ReferenceInfo:
-    """The metadata of a reference file, without loading its tensors."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != REFERENCE_FORMAT:
-        raise ValueError(f"{os.path.basename(path)} is not a RefDrop reference file (format "
-                         f"{meta.get('format')!r}, expected {REFERENCE_FORMAT!r})")
-    width, height = (int(x) for x in meta["resolution"].split("x"))
-    return ReferenceInfo(meta["model_family"], int(meta["steps"]), (width, height), json.loads(meta["kv_width"]))
+    """The metadata of a reference file, without loading its tensors; ReferenceFileError when unusable."""
+    with _reading(path) as f:
+        return reference_info(f.metadata(), os.path.basename(path))
 
 
 def load_reference(path: str, *, budget_bytes: int | None = None) -> tuple[ReferenceStore, ReferenceInfo]:
-    """Read a reference file back into a store (same dtype as saved, CPU), checking the budget."""
-    from safetensors.torch import load_file
-
-    info = read_reference_info(path)
-    tensors = load_file(path, device="cpu")
-    pairs: dict = {}
-    for name, tensor in tensors.items():
-        key, which = _parse_name(name)
-        pairs.setdefault(key, {})[which] = tensor
-    dtypes = {t.dtype for t in tensors.values()}
-    store = ReferenceStore(budget_bytes=budget_bytes, dtype=dtypes.pop() if len(dtypes) == 1 else torch.float16)
-    for key in sorted(pairs):
-        if set(pairs[key]) != {"k", "v"}:
-            raise ValueError(f"{os.path.basename(path)}: entry {key} lacks its k or v tensor")
-        store.put(*key, pairs[key]["k"], pairs[key]["v"])
-    if store.widths() != info.widths:
-        raise ValueError(f"{os.path.basename(path)}: the stored tensors do not match the file's kv_width metadata")
+    """Read a reference file back into a store (same dtype as saved, CPU). Everything is checked before any
+    tensor is read (ReferenceFileError), including the memory budget (ReferenceBudgetError); values must be
+    finite."""
+    name = os.path.basename(path)
+    with _reading(path) as f:
+        info = reference_info(f.metadata(), name)
+        shapes = _entry_shapes(f, info, name)
+        dtype = _stored_dtype(shapes)
+        needed = 2 * sum(math.prod(shape) for shape, _ in shapes.values()) * torch.empty((), dtype=dtype).element_size()
+        if budget_bytes is not None and needed > budget_bytes:
+            raise ReferenceBudgetError(f"{name} needs {needed / MIB:.1f} MiB, above the memory budget of "
+                                       f"{budget_bytes / MIB:.1f} MiB")
+        store = ReferenceStore(budget_bytes=budget_bytes, dtype=dtype)
+        for key in sorted(shapes):
+            k, v = (f.get_tensor(_tensor_name(*key, which)) for which in ("k", "v"))
+            if not (_all_finite(k) and _all_finite(v)):
+                raise ReferenceFileError(f"{name}: entry {_entry_label(*key)} holds NaN or infinite "
+                                         "values; save the reference again")
+            store.put(*key, k, v)
     return store, info
 
 

@@ -12,9 +12,9 @@ from lib_omost.canvas.codegen import canvas_to_code
 from lib_omost.canvas.colors import color_label
 from lib_omost.canvas.example import example_canvas
 from lib_omost.canvas.jsonio import canvas_to_comfyui, canvas_to_json, load_canvas_text
-from lib_omost.canvas.model import Canvas, CanvasError, ordered_indices, region_masks
+from lib_omost.canvas.model import MAX_INPUT_CHARS, Canvas, CanvasError, ordered_indices, region_masks
 from lib_omost.canvas.parser import ParseResult
-from lib_omost.canvas.render import layout_sheet
+from lib_omost.canvas.render import check_layout_size, layout_sheet
 from lib_omost.terminal import printable
 
 DESCRIPTION_WIDTH = 60
@@ -106,17 +106,21 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", metavar="OUT.json", help="write our JSON form (omost-canvas v1)")
     parser.add_argument("--comfyui", metavar="OUT.json", help="write the ComfyUI_omost list form")
     parser.add_argument("--code", metavar="OUT.py", help="write the canonical Omost code (for the LLM)")
-    parser.add_argument("--width", type=int, default=512, help="PNG panel width in pixels (default 512)")
+    parser.add_argument("--width", type=int, default=512,
+                        help="PNG panel width in pixels (default 512; see the README for the size limits)")
     parser.add_argument("--height", type=int, default=512, help="PNG panel height in pixels (default 512)")
     return parser.parse_args(argv)
 
 
 def _read(source: str) -> ParseResult:
+    limit = 4 * MAX_INPUT_CHARS     # UTF-8 needs at most 4 bytes a character
     if source == "-":
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(limit + 1)
     else:
         with open(source, "rb") as f:
-            raw = f.read()
+            raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise CanvasError(f"more than {limit} bytes: a canvas text has at most {MAX_INPUT_CHARS} characters")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -126,9 +130,6 @@ def _read(source: str) -> ParseResult:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(list(sys.argv[1:] if argv is None else argv))
-    if not (1 <= args.width <= 8192 and 1 <= args.height <= 8192):
-        print(f"error: --width/--height must lie in [1, 8192], got {args.width} x {args.height}", file=sys.stderr)
-        return 2
     name = "stdin" if args.input == "-" else args.input
     try:
         result = _read(args.input) if args.input else ParseResult(example_canvas())
@@ -139,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     canvas = result.canvas
+    if args.png:
+        try:
+            check_layout_size(args.width, args.height, len(canvas.regions))
+        except ValueError as exc:
+            print(f"error: --width/--height: {exc}", file=sys.stderr)
+            return 2
     print("built-in example canvas" if not args.input else f"canvas from {name}")
     print(format_region_table(canvas))
     print(format_region_map(canvas))

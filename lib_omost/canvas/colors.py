@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from lib_omost.canvas._color_table import HTML_COLORS
 from lib_omost.canvas.fuzzy import unique_closest
+from lib_omost.quoting import quoted
 
 RGB = tuple[int, int, int]
 Color = str | RGB
@@ -31,7 +32,7 @@ def color_rgb(color: Color) -> RGB:
         if rgb is not None:
             return rgb
     raise ValueError(f"must be one of the {len(HTML_COLORS)} HTML colour names (e.g. 'darkgoldenrod') "
-                     f"or [r, g, b] with integers 0-255, got {color!r}")
+                     f"or [r, g, b] with integers 0-255, got {quoted(color)}")
 
 
 def color_name_of(rgb) -> str | None:

@@ -102,6 +102,18 @@ def pixels_inside(n: int, start: float, end: float) -> np.ndarray:
     return (centres >= 2 * n * start) & (centres < 2 * n * end)
 
 
+def pixel_span(n: int, start: float, end: float) -> slice:
+    """The pixels of ``pixels_inside`` as a slice (they are always one run; an empty slice if none)."""
+    inside = np.flatnonzero(pixels_inside(n, start, end))
+    return slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
+
+
+def rect_pixels(rect: Sequence[float], h: int, w: int) -> tuple[slice, slice]:
+    """(rows, columns) of an h x w image inside a rect: ``image[rows, cols]`` is where ``rect_mask`` is True."""
+    top, bottom, left, right = rect
+    return pixel_span(h, top, bottom), pixel_span(w, left, right)
+
+
 def rect_mask(rect: Sequence[float], h: int, w: int) -> np.ndarray:
     """Boolean [h, w] mask of a rect. For integer rects this equals nearest-exact resizing of the 90 x 90
     mask; it also serves free (non-integer) rects."""

@@ -9,17 +9,20 @@ from typing import Any
 from lib_omost.canvas.colors import as_rgb_triple, color_name_of, color_rgb
 from lib_omost.canvas.geometry import FULL_RECT
 from lib_omost.canvas.model import (
+    MAX_INPUT_CHARS,
     Canvas,
     CanvasError,
     Region,
     check_lines,
     check_rect,
     check_region_count,
+    checked_canvas,
     checked_global,
     checked_region,
     ordered_regions,
 )
 from lib_omost.canvas.parser import ParseResult, parse_answer
+from lib_omost.quoting import quoted
 
 FORMAT = "omost-canvas"
 VERSION = 1
@@ -69,16 +72,16 @@ def _require_object(value: Any, path: str, what: str) -> dict:
 
 def _from_ours(obj: dict) -> Canvas:
     if obj.get("format", FORMAT) != FORMAT:
-        raise CanvasError(f"format: must be {FORMAT!r}, got {obj['format']!r}")
+        raise CanvasError(f"format: must be {FORMAT!r}, got {quoted(obj['format'])}")
     if obj.get("version", VERSION) != VERSION:
-        raise CanvasError(f"version: must be {VERSION}, got {obj['version']!r}")
+        raise CanvasError(f"version: must be {VERSION}, got {quoted(obj['version'])}")
     g = checked_global(_require_object(obj.get("global"), "global",
                                        "description, detailed_descriptions, tags and color"))
     regions = obj.get("regions", [])
     if not isinstance(regions, list):
         raise CanvasError(f"regions: must be a list, got {type(regions).__name__}")
     check_region_count(len(regions))
-    return Canvas(global_region=g, regions=[
+    return checked_canvas(g, [
         checked_region(_require_object(r, f"regions[{i}]", "rect, distance, color, ..."), f"regions[{i}]")
         for i, r in enumerate(regions)])
 
@@ -86,7 +89,7 @@ def _from_ours(obj: dict) -> Canvas:
 def _comfy_color(value: Any, path: str):
     rgb = as_rgb_triple(value)
     if rgb is None:
-        raise CanvasError(f"{path}.color: must be [r, g, b] with integers 0-255, got {value!r:.60}")
+        raise CanvasError(f"{path}.color: must be [r, g, b] with integers 0-255, got {quoted(value)}")
     return color_name_of(rgb) or rgb
 
 
@@ -110,7 +113,7 @@ def _from_comfyui(items: list) -> Canvas:
     g = checked_global({"description": g_prefixes[0] if g_prefixes else "", "detailed_descriptions": g_suffixes,
                         "color": g_color})
     n = len(regions)
-    return Canvas(global_region=g, regions=[
+    return checked_canvas(g, [
         checked_region({"rect": rect, "distance": n - k, "description": prefixes[-1] if prefixes else "",
                         "detailed_descriptions": suffixes, "color": color},
                        f"[{k + 1}]")
@@ -127,19 +130,45 @@ def canvas_from_json(obj: Any) -> Canvas:
                       f"form, got {type(obj).__name__}")
 
 
-def load_canvas_text(text: str) -> ParseResult:
-    """Any canvas text: JSON (either form) when it starts with { or [, else an LLM answer or bare code."""
-    if not isinstance(text, str):
-        raise CanvasError(f"expected text, got {type(text).__name__}")
-    stripped = text.lstrip()
-    if not stripped.startswith(("{", "[")):
-        return parse_answer(text)
+class OversizedInteger:
+    """A JSON integer too long to be a canvas number (it would trip Python's int conversion limit); it fails
+    validation like any other bad value, so the error names its field."""
+
+    def __init__(self, digits: str):
+        self.digits = len(digits.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+MAX_INT_DIGITS = 30     # any canvas number is at most MAX_NUMBER (10 digits)
+
+
+def _json_int(digits: str):
+    return OversizedInteger(digits) if len(digits) > MAX_INT_DIGITS else int(digits)
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` with every failure as a CanvasError; integers too long for a canvas are kept as
+    OversizedInteger for validation to name their field."""
     try:
-        obj = json.loads(text)
+        return json.loads(text, parse_int=_json_int)
     except json.JSONDecodeError as exc:
         raise CanvasError(f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
     except RecursionError:
         raise CanvasError("invalid JSON: nested too deeply") from None
+
+
+def load_canvas_text(text: str) -> ParseResult:
+    """Any canvas text: JSON (either form) when it starts with { or [, else an LLM answer or bare code."""
+    if not isinstance(text, str):
+        raise CanvasError(f"expected text, got {type(text).__name__}")
+    if len(text) > MAX_INPUT_CHARS:
+        raise CanvasError(f"the canvas text is too long ({len(text)} characters; at most {MAX_INPUT_CHARS})")
+    stripped = text.lstrip()
+    if not stripped.startswith(("{", "[")):
+        return parse_answer(text)
+    obj = parse_json(text)
     canvas = canvas_from_json(obj)
     comfy_note = ("read the ComfyUI_omost list form: tags, atmosphere, style and quality_meta are part of the "
                   "detailed descriptions there, and placements are free rectangles")

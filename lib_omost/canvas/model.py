@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,10 +12,16 @@ import numpy as np
 
 from lib_omost.canvas.colors import Color, as_rgb_triple, color_rgb
 from lib_omost.canvas.geometry import AREAS, FULL_RECT, GRID, LOCATIONS, OFFSETS, rect_from_location, rect_mask
+from lib_omost.quoting import quoted
 
-MAX_TEXT_CHARS = 10_000  # one description, tag list, ... (an Omost answer's longest string is ~600)
+# Limits far above real canvases (an Omost answer is ~7,000 characters, its longest string ~600, its text
+# ~5,000 characters in ~10 regions); they bound the memory and time one canvas can take.
+MAX_INPUT_CHARS = 1_000_000  # an LLM answer, canvas code or canvas JSON
+MAX_TEXT_CHARS = 10_000  # one description, tag list, ...
+MAX_CANVAS_TEXT_CHARS = 100_000  # all texts of one canvas together
 MAX_LINES = 200  # detailed descriptions per region
 MAX_REGIONS = 500
+MAX_NUMBER = 1e9  # |x| of any number (rects lie in [0, 90], weights in [0, 2])
 WEIGHT_RANGE = (0.0, 2.0)
 
 TEXT_FIELDS = ("description", "tags", "atmosphere", "style", "quality_meta")
@@ -89,13 +94,22 @@ def region_masks(canvas: Canvas, h: int, w: int) -> np.ndarray:
 
 # ---- validation (shared by the JSON loader and validate_canvas) ------------------------------------
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def is_number(value: Any) -> bool:
+    """A real number (not a bool) with |value| <= MAX_NUMBER: compared without converting, so NaN, infinities
+    and integers of any size are refused without an OverflowError."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and -MAX_NUMBER <= value <= MAX_NUMBER
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+def text_problem(value: str) -> str | None:
+    """What makes a canvas string unusable (too long, or not encodable text), or None."""
+    if len(value) > MAX_TEXT_CHARS:
+        return f"text of {len(value)} characters is too long (at most {MAX_TEXT_CHARS})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"character {exc.start} is a lone surrogate {quoted(value[exc.start])}, which is not text "
+                "(in JSON, a character beyond U+FFFF is written as a pair of \\uXXXX escapes)")
+    return None
 
 
 def _plain_number(value: numbers.Real) -> float:
@@ -106,9 +120,10 @@ def check_text(value: Any, path: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise CanvasError(f"{path}: must be a string, got {_show(value)}")
-    if len(value) > MAX_TEXT_CHARS:
-        raise CanvasError(f"{path}: text of {len(value)} characters is too long (at most {MAX_TEXT_CHARS})")
+        raise CanvasError(f"{path}: must be a string, got {quoted(value)}")
+    problem = text_problem(value)
+    if problem:
+        raise CanvasError(f"{path}: {problem}")
     return value
 
 
@@ -116,7 +131,7 @@ def check_lines(value: Any, path: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
-        raise CanvasError(f"{path}: must be a list of strings, got {_show(value)}")
+        raise CanvasError(f"{path}: must be a list of strings, got {quoted(value)}")
     if len(value) > MAX_LINES:
         raise CanvasError(f"{path}: {len(value)} entries is too many (at most {MAX_LINES})")
     return [check_text(s, f"{path}[{i}]") for i, s in enumerate(value)]
@@ -132,19 +147,20 @@ def check_color(value: Any, path: str) -> Color:
 
 
 def check_rect(value: Any, path: str) -> tuple:
-    if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(_is_number(v) for v in value):
-        raise CanvasError(f"{path}: must be [top, bottom, left, right] (4 numbers), got {_show(value)}")
+    if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(is_number(v) for v in value):
+        raise CanvasError(f"{path}: must be [top, bottom, left, right] (4 numbers), got {quoted(value)}")
     if not all(0 <= v <= GRID for v in value):
-        raise CanvasError(f"{path}: numbers must lie in [0, {GRID}], got {_show(value)}")
+        raise CanvasError(f"{path}: numbers must lie in [0, {GRID}], got {quoted(value)}")
     top, bottom, left, right = value
     if not (top < bottom and left < right):
-        raise CanvasError(f"{path}: needs top < bottom and left < right, got {_show(value)}")
+        raise CanvasError(f"{path}: needs top < bottom and left < right, got {quoted(value)}")
     return tuple(_plain_number(v) for v in value)
 
 
 def check_distance(value: Any, path: str) -> float:
-    if not _is_number(value) or not value > 0:
-        raise CanvasError(f"{path}: must be a number > 0 (larger = farther), got {_show(value)}")
+    if not is_number(value) or not value > 0:
+        raise CanvasError(f"{path}: must be a number > 0 and at most {MAX_NUMBER:g} (larger = farther), "
+                          f"got {quoted(value)}")
     return float(value)
 
 
@@ -152,8 +168,8 @@ def check_weight(value: Any, path: str) -> float:
     low, high = WEIGHT_RANGE
     if value is None:
         return 1.0
-    if not _is_number(value) or not low <= value <= high:
-        raise CanvasError(f"{path}: must be a number in [{low:g}, {high:g}], got {_show(value)}")
+    if not is_number(value) or not low <= value <= high:
+        raise CanvasError(f"{path}: must be a number in [{low:g}, {high:g}], got {quoted(value)}")
     return float(value)
 
 
@@ -161,9 +177,9 @@ def check_placement(location: Any, offset: Any, area: Any, rect: tuple, path: st
     """location/offset/area: each null or an allowed phrase; when all three are set, rect must be theirs."""
     for key, value, table in (("location", location, LOCATIONS), ("offset", offset, OFFSETS),
                               ("area", area, AREAS)):
-        if value is not None and value not in table:
+        if value is not None and (not isinstance(value, str) or value not in table):
             raise CanvasError(f"{path}.{key}: must be null or one of {', '.join(map(repr, table))}; "
-                              f"got {_show(value)}")
+                              f"got {quoted(value)}")
     if location is not None and offset is not None and area is not None:
         implied = rect_from_location(location, offset, area)
         if tuple(rect) != implied:
@@ -205,21 +221,47 @@ def check_region_count(count: int, path: str = "regions") -> None:
         raise CanvasError(f"{path}: {count} regions is too many (at most {MAX_REGIONS})")
 
 
+def global_text_chars(g: GlobalRegion) -> int:
+    return len(g.description) + len(g.tags) + sum(map(len, g.detailed_descriptions))
+
+
+def region_text_chars(region: Region) -> int:
+    return sum(len(getattr(region, k)) for k in TEXT_FIELDS) + sum(map(len, region.detailed_descriptions))
+
+
+def canvas_text_chars(canvas: Canvas) -> int:
+    """Characters of all texts of a canvas (what its prompts are made of)."""
+    return global_text_chars(canvas.global_region) + sum(region_text_chars(r) for r in canvas.regions)
+
+
+def check_text_total(chars: int, line: int | None = None) -> None:
+    if chars > MAX_CANVAS_TEXT_CHARS:
+        raise CanvasError(f"the canvas holds {chars} characters of text, more than the {MAX_CANVAS_TEXT_CHARS} "
+                          "allowed for one canvas (shorten the descriptions or use fewer regions)", line)
+
+
+def checked_canvas(global_region: GlobalRegion, regions: list[Region]) -> Canvas:
+    """A Canvas of validated regions, its total text within MAX_CANVAS_TEXT_CHARS."""
+    canvas = Canvas(global_region=global_region, regions=regions)
+    check_text_total(canvas_text_chars(canvas))
+    return canvas
+
+
 def validate_canvas(canvas: Canvas) -> Canvas:
     """A validated, normalised copy of ``canvas`` (colour names lower-case, rects as tuples);
     raises CanvasError naming the first bad field (e.g. ``regions[2].rect: ...``)."""
     if not isinstance(canvas, Canvas):
         raise CanvasError(f"expected a Canvas, got {type(canvas).__name__}")
     if not isinstance(canvas.regions, list):
-        raise CanvasError(f"regions: must be a list, got {_show(canvas.regions)}")
+        raise CanvasError(f"regions: must be a list, got {quoted(canvas.regions)}")
     check_region_count(len(canvas.regions))
     if not isinstance(canvas.global_region, GlobalRegion):
-        raise CanvasError(f"global: must be a GlobalRegion, got {_show(canvas.global_region)}")
+        raise CanvasError(f"global: must be a GlobalRegion, got {quoted(canvas.global_region)}")
     for i, region in enumerate(canvas.regions):
         if not isinstance(region, Region):
-            raise CanvasError(f"regions[{i}]: must be a Region, got {_show(region)}")
-    return Canvas(global_region=checked_global(_fields_of(canvas.global_region)),
-                  regions=[checked_region(_fields_of(r), f"regions[{i}]") for i, r in enumerate(canvas.regions)])
+            raise CanvasError(f"regions[{i}]: must be a Region, got {quoted(region)}")
+    return checked_canvas(checked_global(_fields_of(canvas.global_region)),
+                          [checked_region(_fields_of(r), f"regions[{i}]") for i, r in enumerate(canvas.regions)])
 
 
 def _fields_of(obj: Any) -> dict[str, Any]:

@@ -19,7 +19,6 @@ incomplete text (streaming, or an answer cut by max_new_tokens) yields every com
 from __future__ import annotations
 
 import ast
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -27,19 +26,25 @@ from lib_omost.canvas.colors import correct_color_name
 from lib_omost.canvas.fuzzy import correct_phrase, unique_closest
 from lib_omost.canvas.geometry import AREAS, LOCATIONS, OFFSETS
 from lib_omost.canvas.model import (
+    MAX_INPUT_CHARS,
     MAX_LINES,
+    MAX_NUMBER,
     MAX_REGIONS,
-    MAX_TEXT_CHARS,
     Canvas,
     CanvasError,
     GlobalRegion,
     Region,
+    check_text_total,
+    global_text_chars,
+    is_number,
     located_region,
+    region_text_chars,
+    text_problem,
 )
 from lib_omost.canvas.scanner import StatementScanner
+from lib_omost.quoting import QUOTE_CHARS, quoted, shortened
 
-MAX_ANSWER_CHARS = 1_000_000
-MAX_NUMBER = 1e9
+MAX_ANSWER_CHARS = MAX_INPUT_CHARS
 
 GLOBAL_METHOD = "set_global_description"
 LOCAL_METHOD = "add_local_description"
@@ -109,7 +114,7 @@ def _describe(node: ast.AST) -> str:
         return f"dunder names ({dunder}) are not allowed"
     for sub in ast.walk(node):
         if isinstance(sub, ast.Attribute):
-            return f"attribute access (.{sub.attr}) is not allowed in arguments"
+            return f"attribute access (.{shortened(sub.attr, QUOTE_CHARS)}) is not allowed in arguments"
         if isinstance(sub, ast.Call):
             return "calls are not allowed in arguments (only literal values)"
         if isinstance(sub, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
@@ -121,7 +126,7 @@ def _describe(node: ast.AST) -> str:
         if isinstance(sub, (ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
             return f"{type(sub).__name__} expressions are not allowed"
     if isinstance(node, ast.Name):
-        return f"the name {node.id!r} is not allowed: arguments must be literal strings, numbers or lists of strings"
+        return f"the name {quoted(node.id)} is not allowed: arguments must be literal strings, numbers or lists of strings"
     if isinstance(node, ast.Starred):
         return "*arguments are not allowed"
     if isinstance(node, (ast.Dict, ast.Set)):
@@ -138,7 +143,7 @@ def _first_dunder(node: ast.AST) -> str | None:
     for sub in ast.walk(node):
         name = sub.id if isinstance(sub, ast.Name) else sub.attr if isinstance(sub, ast.Attribute) else ""
         if _is_dunder(name):
-            return name
+            return shortened(name, QUOTE_CHARS)
     return None
 
 
@@ -146,13 +151,13 @@ def _scalar(node: ast.AST, line: int) -> str | int | float:
     if isinstance(node, ast.Constant):
         value = node.value
         if isinstance(value, str):
-            if len(value) > MAX_TEXT_CHARS:
-                raise CanvasError(f"a string of {len(value)} characters is too long (at most {MAX_TEXT_CHARS})",
-                                  line)
+            problem = text_problem(value)
+            if problem:
+                raise CanvasError(f"a string: {problem}", line)
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value) or abs(value) > MAX_NUMBER:
-                raise CanvasError(f"the number {value!r:.40} is out of range (|x| <= {MAX_NUMBER:g})", line)
+            if not is_number(value):
+                raise CanvasError(f"the number {quoted(value)} is out of range (|x| <= {MAX_NUMBER:g})", line)
             return value
     if (isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd))
             and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float)):
@@ -169,7 +174,8 @@ def _literal(node: ast.AST, line: int) -> str | int | float | list[str]:
         items = [_scalar(e, line + e.lineno - node.lineno) for e in node.elts]
         for e, item in zip(node.elts, items):
             if not isinstance(item, str):
-                raise CanvasError(f"lists may hold only strings, got {item!r}", line + e.lineno - node.lineno)
+                raise CanvasError(f"lists may hold only strings, got {quoted(item)}",
+                                  line + e.lineno - node.lineno)
         return items
     return _scalar(node, line)
 
@@ -183,6 +189,7 @@ class _CanvasBuilder:
         self.global_region: GlobalRegion | None = None
         self.global_line: int | None = None
         self.regions: list[Region] = []
+        self.text_chars = 0  # of the calls so far (MAX_CANVAS_TEXT_CHARS)
         self.notes: list[str] = []
         self.created_at: int | None = None  # line of canvas = Canvas()
         self.first_call_at: int | None = None
@@ -233,8 +240,8 @@ class _CanvasBuilder:
         if method not in PARAMETERS:
             near = unique_closest(method, PARAMETERS, 3)
             hint = f" (did you mean {near}?)" if near else ""
-            raise CanvasError(f"unknown method canvas.{method}{hint}; only {GLOBAL_METHOD} and {LOCAL_METHOD}",
-                              line)
+            raise CanvasError(f"unknown method canvas.{shortened(method, QUOTE_CHARS)}{hint}; only {GLOBAL_METHOD} and "
+                              f"{LOCAL_METHOD}", line)
         arguments = self._arguments(method, call, line, first_line)
         if self.first_call_at is None:
             self.first_call_at = line
@@ -260,8 +267,8 @@ class _CanvasBuilder:
             if kw.arg not in names:
                 near = unique_closest(kw.arg, names, 3)
                 hint = f" (did you mean {near}?)" if near else ""
-                raise CanvasError(f"{method} has no argument {kw.arg!r}{hint}; its arguments: {', '.join(names)}",
-                                  kw_line)
+                raise CanvasError(f"{method} has no argument {quoted(kw.arg)}{hint}; its arguments: "
+                                  f"{', '.join(names)}", kw_line)
             pairs.append((kw.arg, kw.value))
         values: dict[str, object] = {}
         for name, node in pairs:
@@ -282,33 +289,33 @@ class _CanvasBuilder:
     def _typed(name: str, value, line: int):
         if name in _LIST_PARAMETERS:
             if not isinstance(value, list):
-                raise CanvasError(f"{name} must be a list of strings, got {value!r:.60}", line)
+                raise CanvasError(f"{name} must be a list of strings, got {quoted(value)}", line)
         elif name in _NUMBER_PARAMETERS:
             if isinstance(value, (str, list)):
-                raise CanvasError(f"{name} must be a number > 0, got {value!r:.60}", line)
+                raise CanvasError(f"{name} must be a number > 0, got {quoted(value)}", line)
             if not value > 0:
-                raise CanvasError(f"{name} must be > 0 (larger = farther), got {value!r}", line)
+                raise CanvasError(f"{name} must be > 0 (larger = farther), got {quoted(value)}", line)
         elif not isinstance(value, str):
-            raise CanvasError(f"{name} must be a string, got {value!r:.60}", line)
+            raise CanvasError(f"{name} must be a string, got {quoted(value)}", line)
         return value
 
     def _enum(self, kind: str, value: str, line: int) -> str:
         table = _ENUMS[kind]
         fixed = correct_phrase(value, table, _SYNONYMS[kind], _STOPWORDS)
         if fixed is None:
-            raise CanvasError(f"{kind} {value!r} is not one of the allowed values: "
+            raise CanvasError(f"{kind} {quoted(value)} is not one of the allowed values: "
                               f"{', '.join(map(repr, table))}", line)
         if fixed != value:
-            self.notes.append(f"line {line}: {kind} {value!r} read as {fixed!r}")
+            self.notes.append(f"line {line}: {kind} {quoted(value)} read as {fixed!r}")
         return fixed
 
     def _color(self, value: str, line: int) -> str:
         fixed = correct_color_name(value)
         if fixed is None:
-            raise CanvasError(f"HTML_web_color_name {value!r} is not one of the 149 HTML colour names "
+            raise CanvasError(f"HTML_web_color_name {quoted(value)} is not one of the 149 HTML colour names "
                               "(e.g. 'darkgoldenrod', 'skyblue', 'white')", line)
         if fixed != value:
-            self.notes.append(f"line {line}: colour {value!r} read as {fixed!r}")
+            self.notes.append(f"line {line}: colour {quoted(value)} read as {fixed!r}")
         return fixed
 
     def _set_global(self, a: dict, line: int) -> None:
@@ -319,6 +326,7 @@ class _CanvasBuilder:
                                           detailed_descriptions=a["detailed_descriptions"], tags=a["tags"],
                                           color=self._color(a["HTML_web_color_name"], line))
         self.global_line = line
+        self._count_text(global_text_chars(self.global_region), line)
 
     def _add_local(self, a: dict, line: int) -> None:
         if len(self.regions) >= MAX_REGIONS:
@@ -329,6 +337,11 @@ class _CanvasBuilder:
             description=a["description"], detailed_descriptions=a["detailed_descriptions"], tags=a["tags"],
             atmosphere=a["atmosphere"], style=a["style"], quality_meta=a["quality_meta"],
             color=self._color(a["HTML_web_color_name"], line)))
+        self._count_text(region_text_chars(self.regions[-1]), line)
+
+    def _count_text(self, chars: int, line: int) -> None:
+        self.text_chars += chars
+        check_text_total(self.text_chars, line)
 
     def canvas(self) -> Canvas:
         return Canvas(global_region=self.global_region or GlobalRegion(), regions=list(self.regions))
@@ -344,7 +357,9 @@ def _parse_statement(text: str, first_line: int) -> list[ast.stmt]:
         if header:
             what = _HEADERS[header.group(1) or header.group(2)]
             raise CanvasError(f"{what} are not allowed; only {_ALLOWED_SHAPES}", first_line) from None
-        raise CanvasError(f"invalid Python syntax: {exc.msg}", line) from None
+        if "integer string conversion" in exc.msg:      # Python's digit limit, raised while parsing
+            raise CanvasError(f"a number of thousands of digits is out of range (|x| <= {MAX_NUMBER:g})", line) from None
+        raise CanvasError(f"invalid Python syntax: {shortened(exc.msg, QUOTE_CHARS * 2)}", line) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         # null bytes, integer literals over the digit limit, absurd nesting
         raise CanvasError(f"rejected by the Python parser: {type(exc).__name__}: {str(exc)[:80]}",

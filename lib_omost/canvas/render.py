@@ -6,36 +6,62 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from lib_omost.canvas.colors import color_rgb
-from lib_omost.canvas.geometry import pixels_inside
-from lib_omost.canvas.model import Canvas, ordered_indices, region_masks
+from lib_omost.canvas.geometry import rect_pixels
+from lib_omost.canvas.model import Canvas, ordered_indices
 
 PREVIEW_MIX = 0.7  # each region paints 0.7 * its colour + 0.3 * what lies below
 FILL_ALPHA = 0.35  # overlay: how strongly a box tints what lies below
 SHEET_GAP = 8
+# A picture's working copy is float64 (24 bytes a pixel) and each region repaints at most every pixel once:
+MAX_SIDE = 8192
+MAX_PIXELS = 4096 * 4096            # about 400 MB of working memory
+MAX_PAINTED = 1 << 28              # width x height x (regions + 1): a few seconds on one core
 
 
-def _check_size(width: int, height: int) -> None:
-    if not (isinstance(width, int) and isinstance(height, int) and 1 <= width <= 8192 and 1 <= height <= 8192):
-        raise ValueError(f"image size must be integers in [1, 8192], got {width} x {height}")
+def check_layout_size(width: int, height: int, regions: int = 0) -> None:
+    """ValueError unless a width x height picture of a canvas with ``regions`` regions fits the limits."""
+    if not (isinstance(width, int) and isinstance(height, int) and 1 <= width <= MAX_SIDE
+            and 1 <= height <= MAX_SIDE):
+        raise ValueError(f"image size must be integers in [1, {MAX_SIDE}], got {width} x {height}")
+    pixels = width * height
+    if pixels > MAX_PIXELS:
+        raise ValueError(f"a {width} x {height} picture has {pixels} pixels, more than the {MAX_PIXELS} "
+                         f"(4096 x 4096) allowed")
+    if pixels * (regions + 1) > MAX_PAINTED:
+        side = int((MAX_PAINTED / (regions + 1)) ** 0.5)
+        raise ValueError(f"a {width} x {height} picture of {regions} regions is too much work (pixels x (regions "
+                         f"+ 1) = {pixels * (regions + 1)}, at most {MAX_PAINTED}); with {regions} regions use "
+                         f"at most about {side} x {side}")
 
 
-def _blend(masks: np.ndarray, colors: list, base: np.ndarray, alpha: float) -> np.ndarray:
-    """base (float [h, w, 3]) with each mask painted in turn as alpha * colour + (1 - alpha) * below."""
-    image = base.astype(np.float64)
-    for mask, color in zip(masks, colors):
-        image[mask] = alpha * np.asarray(color_rgb(color), np.float64) + (1.0 - alpha) * image[mask]
-    return np.rint(image).clip(0, 255).astype(np.uint8)
+def _blend(rects: list, colors: list, base: np.ndarray, alpha: float) -> np.ndarray:
+    """base ([h, w, 3]) with each rect painted in turn as alpha * colour + (1 - alpha) * below, in float64
+    and in place on one channel-first working copy (whatever the number of rects), rounded once to uint8."""
+    image = np.array(np.moveaxis(base, -1, 0), dtype=np.float64, order="C")
+    for rect, color in zip(rects, colors):
+        rows, cols = rect_pixels(rect, *image.shape[1:])
+        for channel, value in zip(image, color_rgb(color)):
+            view = channel[rows, cols]
+            view *= 1.0 - alpha
+            view += alpha * float(value)
+    np.rint(image, out=image)
+    np.clip(image, 0, 255, out=image)
+    return np.ascontiguousarray(np.moveaxis(image, 0, -1), dtype=np.uint8)
+
+
+def _far_to_near(canvas: Canvas) -> tuple[list, list]:
+    """(rects, colours) of the regions far → near."""
+    order = ordered_indices(canvas)
+    return [canvas.regions[i].rect for i in order], [canvas.regions[i].color for i in order]
 
 
 def color_preview(canvas: Canvas, width: int, height: int) -> Image.Image:
     """Omost's colour composite: the global colour, then the regions far → near, each painting
     0.7 * colour + 0.3 * below inside its rect (float throughout, rounded once to uint8)."""
-    _check_size(width, height)
-    masks = region_masks(canvas, height, width)
+    check_layout_size(width, height, len(canvas.regions))
     base = np.empty((height, width, 3), np.float64)
     base[:] = color_rgb(canvas.global_region.color)
-    colors = [canvas.regions[i].color for i in ordered_indices(canvas)]
-    return Image.fromarray(_blend(masks[1:], colors, base, PREVIEW_MIX), "RGB")
+    return Image.fromarray(_blend(*_far_to_near(canvas), base, PREVIEW_MIX), "RGB")
 
 
 def _contrast(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -49,9 +75,14 @@ def _label_text(number: int, description: str, font: ImageFont.ImageFont, max_wi
     text = f"{number} {words}".rstrip()
     if font.getlength(text) <= max_width:
         return text
-    while words and font.getlength(f"{number} {words}...") > max_width:
-        words = words[:-1]
-    return f"{number} {words.rstrip()}..." if words else str(number)
+    fits, longer = 0, len(words)        # binary search: the longest cut words[:k] whose label fits
+    while fits < longer:
+        k = (fits + longer + 1) // 2
+        if font.getlength(f"{number} {words[:k]}...") <= max_width:
+            fits = k
+        else:
+            longer = k - 1
+    return f"{number} {words[:fits].rstrip()}..." if fits else str(number)
 
 
 def _boxes(canvas: Canvas, width: int, height: int) -> list[tuple[int, tuple[int, int, int, int]]]:
@@ -59,11 +90,9 @@ def _boxes(canvas: Canvas, width: int, height: int) -> list[tuple[int, tuple[int
     pixel, matching region_masks exactly."""
     boxes = []
     for i in ordered_indices(canvas):
-        top, bottom, left, right = canvas.regions[i].rect
-        rows = np.flatnonzero(pixels_inside(height, top, bottom))
-        cols = np.flatnonzero(pixels_inside(width, left, right))
-        if rows.size and cols.size:
-            boxes.append((i, (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))))
+        rows, cols = rect_pixels(canvas.regions[i].rect, height, width)
+        if rows.stop > rows.start and cols.stop > cols.start:
+            boxes.append((i, (cols.start, rows.start, cols.stop - 1, rows.stop - 1)))
     return boxes
 
 
@@ -71,15 +100,13 @@ def overlay_image(canvas: Canvas, width: int, height: int, background: Image.Ima
     """Region boxes over the global colour (or over ``background``, resized to width x height): each box
     tinted with its colour, outlined in its colour with a thin black/white inner line, and labelled
     '<number> <description>' (numbers are program order, 1-based). Nearer boxes and labels are on top."""
-    _check_size(width, height)
+    check_layout_size(width, height, len(canvas.regions))
     if background is None:
         base = np.empty((height, width, 3), np.uint8)
         base[:] = color_rgb(canvas.global_region.color)
     else:
         base = np.asarray(background.convert("RGB").resize((width, height), Image.BILINEAR))
-    masks = region_masks(canvas, height, width)[1:]
-    order = ordered_indices(canvas)
-    image = Image.fromarray(_blend(masks, [canvas.regions[i].color for i in order], base, FILL_ALPHA), "RGB")
+    image = Image.fromarray(_blend(*_far_to_near(canvas), base, FILL_ALPHA), "RGB")
     draw = ImageDraw.Draw(image)
     line = max(1, round(min(width, height) / 256))
     boxes = _boxes(canvas, width, height)

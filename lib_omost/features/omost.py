@@ -4,8 +4,11 @@ regional cross-attention stage.
 A canvas becomes one long conditioning: every region's greedy sub-prompt chunks (global first, then far to
 near), each encoded as one 77-token CLIP chunk and concatenated, with a token -> region map. For every UNet
 call the rows of positive-prompt chunks get this context in place of the prompt box's (``swap_context``;
-uncond rows keep the negative prompt; both are repeated to a common multiple of their lengths, which leaves
-attention unchanged). The attn2 stage then restricts each pixel to its regions' tokens with the chosen
+uncond rows keep the negative prompt). One UNet call needs one context length: both are repeated to their
+least common multiple, which leaves attention unchanged, while that is at most 4 x the longer; beyond that the
+shorter is repeated whole as often as it fits and filled up with the empty prompt's tokens (A1111's "pad
+prompt/negative prompt to be same length"), so the context never exceeds 4 x the longer one
+(``common_length``, ``fit_tokens``). The attn2 stage then restricts each pixel to its regions' tokens with the chosen
 method until ``end percent`` of sampling; after that the whole canvas text is plain cross-attention.
 
 Prediction blending (``BLEND``) works on the predictions instead: every region becomes its own masked cond
@@ -30,7 +33,7 @@ import torch
 from lib_omost.attention.plan import ATTN2, AttnCall
 from lib_omost.attention.regional import (attention_couple, couple_layout, dense_cross_layout,
                                           densediffusion_attention, omost_attention, omost_layout)
-from lib_omost.canvas import Canvas, canvas_to_json, example_canvas, ordered_regions, region_masks
+from lib_omost.canvas import Canvas, CanvasError, canvas_to_json, example_canvas, ordered_regions, region_masks
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, JSON, Feature, Param
 from lib_omost.prompts import RegionPrompt, canvas_prompts, normalize_prompt, region_chunks
@@ -40,6 +43,9 @@ OMOST, COUPLE, OVERLAY, DENSE, BLEND = ("Omost score manipulation", "Attention c
 METHODS = (OMOST, COUPLE, OVERLAY, DENSE, BLEND)
 INITIAL_LATENT_MAX = 0.9
 APPEND, IGNORE = "append to global region", "ignore"
+CHUNK_TOKENS = 77                   # one CLIP chunk
+MAX_CONTEXT_CHUNKS = 256            # per canvas: ~9 x a long real answer (28 chunks for 4 detailed regions)
+MAX_CONTEXT_REPEAT = 4              # contexts of one UNet call are repeated to their LCM up to 4 x the longer
 
 FEATURE = Feature("omost", "Omost", (
     Param("canvas", "Canvas", JSON, json.dumps(canvas_to_json(example_canvas()), ensure_ascii=False, indent=2),
@@ -84,6 +90,14 @@ def chunk_texts(prompts: Sequence[RegionPrompt], count_tokens: Callable[[str], i
             for text in region_chunks(prompt, count_tokens)]
 
 
+def check_chunk_count(count: int) -> None:
+    """CanvasError when a canvas makes more prompt chunks than one generation takes (checked before encoding)."""
+    if count > MAX_CONTEXT_CHUNKS:
+        raise CanvasError(f"the canvas makes {count} prompt chunks ({count * CHUNK_TOKENS} tokens), more than the "
+                          f"{MAX_CONTEXT_CHUNKS} ({MAX_CONTEXT_CHUNKS * CHUNK_TOKENS} tokens) one generation takes; "
+                          "shorten the descriptions or use fewer regions")
+
+
 def token_regions(chunk_lengths: Sequence[tuple[int, int]]) -> torch.Tensor:
     """The token -> region map from (region index, token count) per encoded chunk."""
     return torch.cat([torch.full((n,), region, dtype=torch.long) for region, n in chunk_lengths])
@@ -100,16 +114,48 @@ def _chunk_rows(cond_or_uncond: Sequence[int], batch: int) -> tuple[int, list[bo
     return batch // len(cond_or_uncond), [c == 0 for c in cond_or_uncond]
 
 
-def swap_context(context: torch.Tensor, cond_or_uncond: Sequence[int], regional: torch.Tensor) -> torch.Tensor:
+def common_length(lengths: Sequence[int]) -> int:
+    """The token length the contexts of one UNet call are brought to: the least common multiple of their
+    lengths (whole repetitions leave attention unchanged; the WebUI repeats its own conds so) while that is at
+    most MAX_CONTEXT_REPEAT x the longest, else the longest (see ``fit_tokens``)."""
+    longest = max(lengths)
+    lcm = math.lcm(*lengths)
+    return lcm if lcm <= MAX_CONTEXT_REPEAT * longest else longest
+
+
+def fit_tokens(x: torch.Tensor, length: int, filler: torch.Tensor | None) -> torch.Tensor:
+    """``x`` [..., L, C] at ``length`` tokens: repeated whole as often as it fits, the rest filled with
+    ``filler``'s tokens [P, C] (repeated and cut; the same for every leading row). When L divides ``length``
+    this is exactly ``x.repeat`` and ``filler`` is not needed."""
+    copies, rest = divmod(length, x.shape[-2])
+    whole = x.repeat(*[1] * (x.dim() - 2), copies, 1)
+    if not rest:
+        return whole
+    if filler is None:
+        raise ValueError(f"{x.shape[-2]} tokens do not divide {length}, and no filler tokens were given")
+    fill = filler.to(x.device, x.dtype).repeat(-(-rest // filler.shape[0]), 1)[:rest]
+    return torch.cat([whole, fill.expand(*x.shape[:-2], -1, -1)], dim=-2)
+
+
+def fit_token_regions(regions: torch.Tensor, length: int) -> torch.Tensor:
+    """The token -> region map of a canvas context brought to ``length`` by ``fit_tokens``: filler tokens
+    belong to the global region (0), the region every pixel sees."""
+    return fit_tokens(regions[:, None], length, regions.new_zeros(1, 1))[:, 0]
+
+
+def swap_context(context: torch.Tensor, cond_or_uncond: Sequence[int], regional: torch.Tensor,
+                 filler: torch.Tensor | None = None) -> torch.Tensor:
     """The UNet call's cross-attention context with every cond chunk's rows replaced by ``regional`` [L, C].
 
-    Both contexts are repeated to the least common multiple of their lengths (as the WebUI itself does for
-    conds of unequal length; repeating a whole context leaves attention unchanged).
+    All rows are brought to ``common_length`` of the lengths present (a call of cond chunks alone keeps the
+    regional context's own length); ``filler`` [P, C] (the encoded empty prompt) fills up a context whose
+    length does not divide it.
     """
     per, is_cond = _chunk_rows(cond_or_uncond, context.shape[0])
-    length = math.lcm(context.shape[1], regional.shape[0])
-    own = context.repeat(1, length // context.shape[1], 1)
-    ours = regional.to(context.device, context.dtype).repeat(length // regional.shape[0], 1)
+    lengths = [regional.shape[0]] + ([context.shape[1]] if not all(is_cond) else [])
+    length = common_length(lengths)
+    ours = fit_tokens(regional.to(context.device, context.dtype), length, filler)
+    own = fit_tokens(context, length, filler) if not all(is_cond) else None
     rows = [ours.expand(per, -1, -1) if cond else own[j * per:(j + 1) * per] for j, cond in enumerate(is_cond)]
     return torch.cat(rows)
 
@@ -179,7 +225,8 @@ def masked_cond_items(template: dict, parts: Sequence[tuple[torch.Tensor, torch.
 
 @dataclass
 class RegionalStage:
-    """Regional cross-attention on the calls whose context is (a repetition of) the canvas context."""
+    """Regional cross-attention on the calls whose context is the canvas context (brought to the call's length
+    by ``fit_tokens``: repeated, and filled up with global-region tokens where needed)."""
     canvas: Canvas
     regions: torch.Tensor                  # token -> region map of the canvas context [L]
     method: str
@@ -208,19 +255,20 @@ class RegionalStage:
         key = (hw, context_len, dtype)
         if key not in self.layouts:
             masks = self.masks(hw)
+            regions = fit_token_regions(self.regions, context_len)
             if self.method == OMOST:
-                made = omost_layout(self.regions, masks, context_len, strength=self.strength,
+                made = omost_layout(regions, masks, context_len, strength=self.strength,
                                     region_weights=self.weights, dtype=dtype)
             elif self.method in (COUPLE, OVERLAY):
-                made = couple_layout(self.regions, masks, context_len, mode="overlay" if self.method == OVERLAY
+                made = couple_layout(regions, masks, context_len, mode="overlay" if self.method == OVERLAY
                                      else "average", strength=self.strength, region_weights=self.weights, dtype=dtype)
             else:
-                made = dense_cross_layout(self.regions, masks, context_len)
+                made = dense_cross_layout(regions, masks, context_len)
             self.layouts[key] = made
         return self.layouts[key]
 
     def __call__(self, q, k, v, call: AttnCall, inner):
-        if k.shape[1] % self.regions.shape[0] or not call.cond_rows:
+        if k.shape[1] < self.regions.shape[0] or not call.cond_rows:
             return inner(q, k, v, call)          # not the canvas context (or no positive rows in this call)
         layout = self.layout(call.hw, k.shape[1], q.dtype)
         if self.method == OMOST:

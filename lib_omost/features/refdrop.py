@@ -22,6 +22,7 @@ from lib_omost.attention.refdrop import (BRANCHES, MIB, MissingReferenceError, R
                                          reference_bytes, refdrop_attention)
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, TEXT, Feature, Param
+from lib_omost.quoting import quoted
 
 SAVE, USE = "Save", "Use"
 GROUPS = ("input", "middle", "output")
@@ -46,7 +47,7 @@ FEATURE = Feature("refdrop", "RefDrop", (
           help="Save the negative prompt's K/V too (twice the memory); otherwise it uses the positive ones."),
 ))
 
-_RANGE = re.compile(r"^\s*(input|middle|output)\s*:\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
+_RANGE = re.compile(r"\s*(input|middle|output)\s*:\s*([0-9]{1,9})\s*(?:-\s*([0-9]{1,9}))?\s*")
 
 
 def group_layers(layers) -> dict[str, list[LayerKey]]:
@@ -67,19 +68,26 @@ def index_table(layers) -> str:
 
 
 def parse_disabled(text: str, layers) -> set[LayerKey]:
-    """The layers named by a "group:index[-last], ..." list; ValueError naming the bad item and the range."""
+    """The layers named by a "group:index[-last], ..." list; ValueError naming the field, the bad item and
+    what is allowed on this model."""
     groups = group_layers(layers)
     chosen: set[LayerKey] = set()
+    field_label = FEATURE.by_name["disabled_layers"].label
     for item in filter(None, (part.strip() for part in text.split(","))):
-        match = _RANGE.match(item)
+        match = _RANGE.fullmatch(item)
         if not match:
-            raise ValueError(f"disabled layer {item!r} is not group:index or group:first-last "
-                             f"(groups: {', '.join(GROUPS)})")
+            raise ValueError(f"{field_label}: {quoted(item)} is not group:index or group:first-last (groups: "
+                             f"{', '.join(GROUPS)}; e.g. output:0-3)")
         group, first = match.group(1), int(match.group(2))
         last = int(match.group(3)) if match.group(3) is not None else first
         count = len(groups[group])
-        if first > last or last >= count:
-            raise ValueError(f"disabled layer {item!r}: {group} has indices 0-{count - 1} on this model")
+        if first > last:
+            raise ValueError(f"{field_label}: {quoted(item)} runs backwards ({first} > {last}); write "
+                             f"{group}:{last}-{first}")
+        if last >= count:
+            held = f"has indices 0-{count - 1}" if count else "has no self-attention layers"
+            raise ValueError(f"{field_label}: {quoted(item)}: {group} {held} on this model (indices count "
+                             f"inside each group; see the layer index tables)")
         chosen.update(groups[group][first:last + 1])
     return chosen
 

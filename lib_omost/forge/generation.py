@@ -11,21 +11,28 @@ from typing import Any, Sequence
 
 from lib_omost.forge.webui import UnsupportedModel, model_info
 from lib_omost.params import Feature, ParamError, overrides_of
+from lib_omost.quoting import shortened
 
 log = logging.getLogger("sd-forge-omost")
 
 
 def report_problem(p, feature: Feature, message: str) -> None:
+    message = shortened(message)        # input is quoted short already; this bounds text from elsewhere
     log.warning("%s: %s", feature.title, message)
-    notes = getattr(p, "extra_generation_params", None)
-    if notes is not None:
-        key = f"{feature.title} note"
-        notes[key] = f"{notes[key]}; {message}" if key in notes and message not in notes[key] else message
+    add_note(p, feature, message)
     try:
         import gradio as gr
         gr.Warning(f"{feature.title}: {message}")
     except Exception:   # no Gradio request context (API, tests): the console and infotext carry it
         pass
+
+
+def add_note(p, feature: Feature, message: str) -> None:
+    """``message`` in the infotext's ``<Title> note`` (once), without logging it again."""
+    notes = getattr(p, "extra_generation_params", None)
+    if notes is not None:
+        key = f"{feature.title} note"
+        notes[key] = f"{notes[key]}; {message}" if key in notes and message not in notes[key] else message
 
 
 def clear_infotext(p, feature: Feature) -> None:

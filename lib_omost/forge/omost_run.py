@@ -55,24 +55,32 @@ def encode_chunk(p, text: str):
     return cache[key]
 
 
-def encode_canvas(p, canvas, prompt_box_mode: str):
-    """(context [L, C], token -> region [L], pooled vector or None, chunk count) of a canvas."""
+def canvas_chunks(p, canvas, prompt_box_mode: str) -> list[tuple[int, str]]:
+    """(region index, chunk text) of a canvas, counted with the loaded tokenizer; CanvasError when there are
+    more than one generation takes (checked before anything is encoded)."""
     prompts = omost.region_prompts(canvas, getattr(p, "prompt", ""), prompt_box_mode)
     chunks = omost.chunk_texts(prompts, token_counter(p.sd_model))
+    omost.check_chunk_count(len(chunks))
+    return chunks
+
+
+def encode_canvas(p, chunks: list[tuple[int, str]]):
+    """(context [L, C], token -> region [L], pooled vector or None, chunk count) of a canvas's chunks."""
     encoded = [encode_chunk(p, omost.escape_webui_prompt(text)) for _, text in chunks]
     context = torch.cat([cross for cross, _ in encoded])
     regions = omost.token_regions([(region, cross.shape[0]) for (region, _), (cross, _) in zip(chunks, encoded)])
     return context, regions, encoded[0][1], len(chunks)
 
 
-def context_wrapper(context: torch.Tensor, vector, previous):
+def context_wrapper(context: torch.Tensor, vector, previous, filler: torch.Tensor):
     """A model_function_wrapper giving the cond chunks of every UNet call the canvas context (and SDXL's
-    pooled vector); chains to a wrapper another extension installed."""
+    pooled vector); ``filler`` (the encoded empty prompt) fills up contexts of incompatible lengths
+    (``omost.swap_context``). Chains to a wrapper another extension installed."""
     def wrapper(apply_model, args):
         c = dict(args["c"])
         chunks = args["cond_or_uncond"]
         if 0 in chunks:
-            c["c_crossattn"] = omost.swap_context(c["c_crossattn"], chunks, context)
+            c["c_crossattn"] = omost.swap_context(c["c_crossattn"], chunks, context, filler)
             if vector is not None and c.get("y") is not None:
                 c["y"] = omost.swap_rows(c["y"], chunks, vector)
         if previous is not None:
@@ -86,7 +94,8 @@ def install_context(p, context, vector) -> None:
     unet = p.sd_model.forge_objects.unet.clone()
     previous = unet.model_options.get("model_function_wrapper")
     previous = getattr(previous, WRAPPER_ATTR) if hasattr(previous, WRAPPER_ATTR) else previous
-    unet.set_model_unet_function_wrapper(context_wrapper(context, vector, previous))
+    filler, _ = encode_chunk(p, "")
+    unet.set_model_unet_function_wrapper(context_wrapper(context, vector, previous, filler))
     p.sd_model.forge_objects.unet = unet
 
 
@@ -161,16 +170,17 @@ def run_omost(p, args, **sampling) -> None:
     values = read_values(p, feature, args)
     if values is None:
         return
-    try:
-        canvas = parse_canvas(values["canvas"])
-    except CanvasError as e:
-        did_not_run(p, feature, str(e))
-        return
     info = loaded_model_info(p, feature)
     if info is None:
         return
+    try:
+        canvas = parse_canvas(values["canvas"])
+        chunk_texts = canvas_chunks(p, canvas, values["prompt_box"])
+    except CanvasError as e:
+        did_not_run(p, feature, str(e))
+        return
     offload_chat_model()
-    context, regions, vector, chunks = encode_canvas(p, canvas, values["prompt_box"])
+    context, regions, vector, chunks = encode_canvas(p, chunk_texts)
     hires = getattr(p, "is_hr_pass", False)
     hires_plain = hires and not values["hires_regions"]
     end_sigma = info.percent_to_sigma(values["end_percent"])

@@ -12,22 +12,28 @@ import os
 import re
 from dataclasses import dataclass
 
-from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMismatchError, ReferenceStore,
-                                         check_reference_family, load_reference, save_reference, step_index)
+from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMismatchError, ReferenceSaveError,
+                                         ReferenceStore, check_reference_family, load_reference, save_reference,
+                                         step_index)
 from lib_omost.features import refdrop
-from lib_omost.forge.generation import (did_not_run, loaded_model_info, read_values, report_problem,
+from lib_omost.forge.generation import (add_note, did_not_run, loaded_model_info, read_values, report_problem,
                                        write_infotext)
 from lib_omost.forge.plan_install import apply_feature
 from lib_omost.forge.webui import schedule_sigmas
+from lib_omost.quoting import quoted
 
 log = logging.getLogger("sd-forge-omost")
 
 EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BUDGET_MIB = 4096
+MAX_BUDGET_MIB = 1 << 20            # 1 TiB
 BUDGET_SETTING = "Omost → 'RefDrop: memory budget of a saved reference (MiB)'"
 SAVE_ATTR = "omost_refdrop_save"            # the SaveJob of one generation, on p
 STAGES_ATTR = "omost_refdrop_stages"        # stages installed since the last batch's report, on p
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")      # whole name (fullmatch): no control characters
+# names Windows reserves for devices, whatever the extension or case ("nul.safetensors" is the NUL device)
+WINDOWS_DEVICES = frozenset(["con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                             *(f"lpt{i}" for i in range(10))])
 _cache: dict[str, tuple[float, ReferenceStore, object]] = {}     # path -> (mtime, store, info)
 
 
@@ -35,11 +41,19 @@ def references_dir() -> str:
     return os.environ.get("OMOST_REFDROP_DIR") or os.path.join(EXTENSION_ROOT, "refdrop_references")
 
 
+def check_reference_name(name: str) -> str:
+    """A reference name that is a safe file name on every system, or ValueError saying what is allowed."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith((".", " ")):
+        raise ValueError(f"reference name {quoted(name)}: use 1-64 letters, digits, spaces, '_', '-' or '.', "
+                         "starting with a letter or digit and ending with neither a space nor '.'")
+    if name.split(".")[0].rstrip(" ").lower() in WINDOWS_DEVICES:
+        raise ValueError(f"reference name {quoted(name)} is a device name on Windows (CON, PRN, AUX, NUL, "
+                         "COM0-COM9, LPT0-LPT9, with any extension); choose another name")
+    return name
+
+
 def reference_path(name: str) -> str:
-    if not _NAME.match(name or "") or name.endswith("."):
-        raise ValueError(f"reference name {name!r}: use 1-64 letters, digits, spaces, '_', '-' or '.', "
-                         "starting with a letter or digit")
-    return os.path.join(references_dir(), f"{name}.safetensors")
+    return os.path.join(references_dir(), f"{check_reference_name(name)}.safetensors")
 
 
 def list_references() -> list[str]:
@@ -53,9 +67,9 @@ def delete_reference(name: str) -> str:
     path = reference_path(name)
     _cache.pop(path, None)
     if not os.path.exists(path):
-        return f"no reference named {name!r}"
+        return f"no reference named {quoted(name)}"
     os.remove(path)
-    return f"deleted reference {name!r}"
+    return f"deleted reference {quoted(name)}"
 
 
 def budget_bytes() -> int:
@@ -63,10 +77,13 @@ def budget_bytes() -> int:
     from modules import shared
     mib = getattr(shared.opts, "omost_refdrop_budget_mib", DEFAULT_BUDGET_MIB)
     try:
-        return int(float(mib) * MIB)
-    except (TypeError, ValueError):
-        raise ValueError(f"the RefDrop memory budget setting ({BUDGET_SETTING}) is {mib!r}, not a number "
-                         f"of MiB") from None
+        value = float(mib)
+    except (TypeError, ValueError, OverflowError):
+        value = float("nan")
+    if not 0 < value <= MAX_BUDGET_MIB:         # also false for NaN
+        raise ValueError(f"the RefDrop memory budget setting ({BUDGET_SETTING}) is {quoted(mib)}; it must be a "
+                         f"number of MiB above 0 and at most {MAX_BUDGET_MIB}")
+    return int(value * MIB)
 
 
 def get_reference(name: str):
@@ -74,7 +91,7 @@ def get_reference(name: str):
     path = reference_path(name)
     if not os.path.exists(path):
         known = ", ".join(list_references()) or "none saved yet"
-        raise FileNotFoundError(f"no RefDrop reference named {name!r} (saved references: {known}); "
+        raise FileNotFoundError(f"no RefDrop reference named {quoted(name)} (saved references: {known}); "
                                 "run a generation in Save mode first")
     mtime = os.path.getmtime(path)
     cached = _cache.get(path)
@@ -85,7 +102,7 @@ def get_reference(name: str):
             store, info = load_reference(path, budget_bytes=budget)
         except ReferenceBudgetError:
             raise ReferenceBudgetError(
-                f"the reference {name!r} ({refdrop.format_mib(os.path.getsize(path))} on disk) does not fit the "
+                f"the reference {quoted(name)} ({refdrop.format_mib(os.path.getsize(path))} on disk) does not fit the "
                 f"RefDrop memory budget of {refdrop.format_mib(budget)}; raise the budget (Settings: "
                 f"{BUDGET_SETTING}) or save a smaller reference") from None
         _cache[path] = cached = (mtime, store, info)
@@ -121,7 +138,18 @@ class SaveJob:
     family: str
     steps: int
     store: ReferenceStore
-    failed: bool = False        # recording stopped: the reference would be incomplete, so it is not written
+    problem: str = ""           # why there is no file: recording stopped (it would be incomplete), nothing
+                                # was recorded, or writing failed; repeated in the notes of later batches
+    written: bool = False       # the file is on disk (written after the first batch, which records it all)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problem)
+
+
+def fail_job(p, job: SaveJob, message: str) -> None:
+    job.problem = message
+    report_problem(p, refdrop.FEATURE, message)
 
 
 def latent_size(p) -> tuple[int, int]:
@@ -147,7 +175,12 @@ def run_refdrop(p, args, **_sampling) -> None:
         if values["mode"] == refdrop.SAVE:
             reference_path(values["reference"])          # a bad name fails now, not after sampling
             job = getattr(p, SAVE_ATTR, None)
-            if job is None:         # the first batch; later batches (n_iter) add nothing: first call wins
+            if job is not None and (job.written or job.failed):
+                write_infotext(p, feature, values)      # later batches (n_iter): the first batch recorded it
+                if job.failed:
+                    add_note(p, feature, job.problem)
+                return
+            if job is None:         # the first batch
                 budget, rows = budget_bytes(), 2 if values["keep_uncond"] else 1
                 refdrop.check_save_budget(refdrop.save_bytes(info, layers, latent_size(p), limit, rows), budget,
                                           BUDGET_SETTING)
@@ -162,15 +195,15 @@ def run_refdrop(p, args, **_sampling) -> None:
             refdrop.check_widths(ref_info.widths, info, layers)
             held = {layer for layer in layers if layer.label() in ref_info.widths}
             if not held:
-                raise ValueError(f"the reference {name!r} holds none of the selected layers (it was saved with "
+                raise ValueError(f"the reference {quoted(name)} holds none of the selected layers (it was saved with "
                                  f"other layer groups or disabled layers)")
             if held != layers:
-                report_problem(p, feature, f"the reference {name!r} holds no entries for the selected layers "
+                report_problem(p, feature, f"the reference {quoted(name)} holds no entries for the selected layers "
                                            f"{refdrop.layer_ranges(layers - held, info.layers)}; they run "
                                            f"without RefDrop")
             stage = refdrop.RefDropStage(refdrop.USE, held, store, step_of, limit, values["coefficient"],
                                          reference=name)
-    except (ValueError, FileNotFoundError, ReferenceMismatchError, ReferenceBudgetError) as e:
+    except (ValueError, OSError, ReferenceMismatchError, ReferenceBudgetError) as e:
         did_not_run(p, feature, str(e))
         return
     write_infotext(p, feature, values)
@@ -185,34 +218,45 @@ def report_batch(p) -> None:
     job = getattr(p, SAVE_ATTR, None)
     for stage in stages:
         if stage.steps_without_reference:
-            report_problem(p, refdrop.FEATURE, f"the reference {stage.reference!r} holds "
+            report_problem(p, refdrop.FEATURE, f"the reference {quoted(stage.reference)} holds "
                                                f"{refdrop.describe_steps(stage.reference_steps)}; "
                                                f"{refdrop.describe_steps(stage.steps_without_reference)} ran "
                                                f"without RefDrop")
         if not stage.problems:
             continue
         if stage.mode == refdrop.SAVE:
-            job.failed = True
-            report_problem(p, refdrop.FEATURE, f"{stage.problems[0]}; recording stopped and the reference "
-                                               f"{job.name!r} is not saved (it would be incomplete)")
+            fail_job(p, job, f"{stage.problems[0]}; recording stopped and the reference {quoted(job.name)} is "
+                             "not saved (it would be incomplete)")
         else:
             report_problem(p, refdrop.FEATURE, f"{stage.problems[0]}; RefDrop stopped there and the rest of "
                                                f"this pass ran without it")
     if job is not None and not job.failed and not job.store.entries:
-        job.failed = True
-        report_problem(p, refdrop.FEATURE, f"nothing was recorded (no selected layer or step); the reference "
-                                           f"{job.name!r} is not saved")
+        fail_job(p, job, f"nothing was recorded (no selected layer or step); the reference {quoted(job.name)} "
+                         "is not saved")
+    if job is not None and not (job.failed or job.written):
+        write_reference(p, job)
 
 
-def finish_refdrop(p) -> None:
-    """After the generation: write a Save's reference file (problems were reported per batch)."""
-    job = getattr(p, SAVE_ATTR, None)
-    if job is None or job.failed:
-        return
+def write_reference(p, job: SaveJob) -> None:
+    """Write a recorded reference to its file; a failure is reported (console with the path, note with the
+    reason) and nothing is claimed saved."""
     path = reference_path(job.name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    size = save_reference(job.store, path, model_family=job.family, resolution=(int(p.width), int(p.height)),
-                          steps=job.steps)
+    try:
+        size = save_reference(job.store, path, model_family=job.family, resolution=(int(p.width), int(p.height)),
+                              steps=job.steps)
+    except ReferenceSaveError as e:
+        log.warning("RefDrop: %s", e)
+        fail_job(p, job, f"the reference {quoted(job.name)} could not be written ({e.reason}); nothing was "
+                         "saved (the console names the folder)")
+        return
+    job.written = True
     _cache.pop(path, None)       # the next Use loads the new file
     log.info("RefDrop: saved reference %r (%.1f MiB, %d entries) to %s", job.name, size / MIB,
              len(job.store.entries), path)
+
+
+def finish_refdrop(p) -> None:
+    """After the generation: write a Save's reference if no batch report did (problems were reported there)."""
+    job = getattr(p, SAVE_ATTR, None)
+    if job is not None and not (job.failed or job.written):
+        write_reference(p, job)

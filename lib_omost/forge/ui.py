@@ -106,10 +106,7 @@ def paste_table(feature: Feature, enabled, components: dict) -> list[tuple[Any, 
     parameters use their infotext keys as strings, which is what the WebUI's "Send to" buttons copy
     (they skip callable keys) and what its paste converts to the component's type.
     """
-    def enabled_reader(params: dict) -> bool:
-        return str(params.get(feature.enabled_key, "False")).lower() == "true"
-
-    table = [(enabled, enabled_reader)]
+    table = [(enabled, feature.enabled_in)]
     table += [(components[p.name], feature.infotext_key(p)) for p in feature.params if p.infotext]
     return table
 
