@@ -31,7 +31,8 @@ def settings_options() -> dict:
         "omost_system_prompt_kind": ("omost", "Omost: built-in system prompt: 'omost' (fine-tuned models) or "
                                               "'generic' (other instruction models)"),
         "omost_refdrop_budget_mib": (DEFAULT_BUDGET_MIB, "RefDrop: memory budget of a saved reference (MiB)"),
-        "omost_llm_read_timeout": (DEFAULT_READ_TIMEOUT, "Omost: LLM server read timeout (seconds without data "
+        # the WebUI's settings page makes a component only for str, int and bool defaults (a float stops it)
+        "omost_llm_read_timeout": (int(DEFAULT_READ_TIMEOUT), "Omost: LLM server read timeout (seconds without data "
                                                          "before the answer fails; Stop works at any time)"),
         "omost_llm_max_answer_chars": (DEFAULT_MAX_ANSWER_CHARS, "Omost: answer cap (characters; a longer answer "
                                                                  "is cut there and kept)"),

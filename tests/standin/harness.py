@@ -289,7 +289,7 @@ def plain_txt2img(family: str | None = None, **kwargs):
 def _create_ui():
     """modules/ui.py create_ui for what scripts need: both tabs' script UIs, paste fields, settings."""
     import gradio as gr
-    from modules import infotext_utils, script_callbacks, scripts
+    from modules import infotext_utils, script_callbacks, scripts, shared, ui_settings
     with gr.Blocks() as demo:
         for tab, runner in (("txt2img", scripts.scripts_txt2img), ("img2img", scripts.scripts_img2img)):
             scripts.scripts_current = runner
@@ -303,6 +303,10 @@ def _create_ui():
                                                         *runner.infotext_fields])
         scripts.scripts_current = None
         script_callbacks.ui_settings_callback()
+        with gr.Tab("Settings"):
+            for key, info in shared.opts.data_labels.items():
+                if info.section is not None:            # the options extensions add (the stand-in's own have none)
+                    ui_settings.create_setting_component(key)
     return demo
 
 
