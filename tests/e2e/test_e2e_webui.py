@@ -38,8 +38,9 @@ BASE = {"prompt": "a cat on a sofa", "negative_prompt": "blurry", "steps": 2, "w
         "seed": 7, "cfg_scale": 5, "sampler_name": "Euler"}
 ODD = {"width": 200, "height": 136}
 ROUNDED = {"width": 192, "height": 128}      # the nearest multiples of 64, for WebUIs that round (Forge Neo)
-MIN_CHANGE = 0.5        # mean absolute change (0-255 levels) that counts as "the accordion changed the image"
-NAN_MARKERS = ("Encountered NaN", "NaN encountered", "contains NaN", "NansException")
+MIN_CHANGE = 0.1        # mean absolute change (0-255 levels) that counts as "the accordion changed the image"
+NAN_MARKERS = ("Encountered NaN", "NaN encountered", "contains NaN", "NansException",
+               "invalid value encountered in cast")      # Forge/reForge: NaN pixels cast to uint8
 
 
 def call(path, body=None):
