@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from .core import GatherCall, attention, gathered_attention, merge_heads, scale, split_heads
 
 COUPLE_MODES = ("average", "overlay")
-QUERY_BLOCK = 512           # packed queries per SDPA batch entry of a region's partial attention
+QUERY_BLOCK = 1024          # packed queries per SDPA batch entry of a region's partial attention
 DENSE_CROSS_WEIGHT = 1.0    # DenseDiffusion's w for cross-attention (w^c)
 DENSE_SELF_WEIGHT = 0.3     # DenseDiffusion's w for self-attention (w^s)
 
@@ -218,12 +218,18 @@ class RegionPartials:
     slots: torch.Tensor          # [N, S] packed position of each partial (unused: 0)
     slot_groups: torch.Tensor    # [N, S] group of each slot (unused: 0)
     used: torch.Tensor           # [N, S] bool
+    packed_slot: torch.Tensor    # [P] flat (pixel * S + slot) of every packed query (padding: 0)
+    segments: tuple              # (first packed position, pixels) of every group, in packed order
     entries: int                 # SDPA batch entries per image over all calls
 
     def slot_values(self, table: torch.Tensor, unused: float) -> torch.Tensor:
         """A per-(group, pixel) table ``[G, N]`` read at every slot: ``[N, S]``, ``unused`` at unused slots."""
         pixels = torch.arange(table.shape[1], device=table.device)[:, None]
         return table[self.slot_groups, pixels].masked_fill(~self.used, unused)
+
+    def packed(self, values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Per-slot values with the (pixel, slot) axes at ``dim``, ``dim + 1`` in packed order (one axis ``[P]``)."""
+        return values.flatten(dim, dim + 1).index_select(dim, self.packed_slot)
 
 
 def region_partials(group_tokens: Sequence[torch.Tensor], group_pixels: torch.Tensor,
@@ -235,7 +241,7 @@ def region_partials(group_tokens: Sequence[torch.Tensor], group_pixels: torch.Te
     n_groups, n_pixels = group_pixels.shape
     block = min(block, n_pixels)
     packed = torch.full((n_groups, n_pixels), -1, dtype=torch.long)        # packed position of (group, pixel)
-    calls, start = [], 0
+    calls, segments, start = [], [], 0
     for length in sorted({len(t) for g, t in enumerate(group_tokens) if group_pixels[g].any()}):
         queries, keys, count = [], [], 0
         for g, tokens in enumerate(group_tokens):
@@ -244,6 +250,7 @@ def region_partials(group_tokens: Sequence[torch.Tensor], group_pixels: torch.Te
                 continue
             chunks = -(-len(inside) // block)
             packed[g, inside] = start + torch.arange(len(inside))
+            segments.append((start, inside.to(device)))
             queries += [inside, inside.new_zeros(chunks * block - len(inside))]
             keys += [tokens.cpu()] * chunks
             start, count = start + chunks * block, count + chunks
@@ -256,8 +263,10 @@ def region_partials(group_tokens: Sequence[torch.Tensor], group_pixels: torch.Te
     slots = torch.zeros(n_pixels, n_slots, dtype=torch.long)
     slot_groups, used = torch.zeros_like(slots), torch.zeros(n_pixels, n_slots, dtype=torch.bool)
     slots[pixel, slot], slot_groups[pixel, slot], used[pixel, slot] = packed[group, pixel], group, True
+    packed_slot = torch.zeros(start, dtype=torch.long)
+    packed_slot[packed[group, pixel]] = pixel * n_slots + slot
     return RegionPartials(tuple(calls), slots.to(device), slot_groups.to(device), used.to(device),
-                          sum(call.count for call in calls))
+                          packed_slot.to(device), tuple(segments), sum(call.count for call in calls))
 
 
 def _slot_gather(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -265,22 +274,33 @@ def _slot_gather(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return x.index_select(1, slots.flatten()).view(x.shape[0], *slots.shape, *x.shape[2:])
 
 
+def _accumulate(weighted: torch.Tensor, partials: RegionPartials, n_pixels: int) -> torch.Tensor:
+    """Sum the weighted packed outputs ``[B, P, C]`` into their pixels: one ``index_add_`` per group
+    (distinct pixels within a call, groups in a fixed order: deterministic on CUDA too)."""
+    total = weighted.new_zeros(weighted.shape[0], n_pixels, weighted.shape[2])
+    for start, pixels in partials.segments:
+        total.index_add_(1, pixels, weighted[:, start:start + len(pixels)])
+    return total
+
+
 def merge_partials(out: torch.Tensor, lse: torch.Tensor, partials: RegionPartials,
                    log_weights: torch.Tensor) -> torch.Tensor:
     """Attention over the union of each pixel's key groups, from the partial outputs ``[B, P, H, D]`` and
     their log-sum-exp ``[B, P, H]``: ``y_i = sum_s softmax_s(lse_s + log_weight_s) out_s`` (exact: the
     softmax over a union of key sets, each set's terms scaled by ``exp(log_weight)``). ``log_weights``
-    broadcasts to ``[B, N, S, H]``; -inf drops a slot."""
-    weights = (_slot_gather(lse, partials.slots) + log_weights).softmax(2).to(out.dtype)
-    return torch.einsum("bnsh,bnshd->bnhd", weights, _slot_gather(out, partials.slots)).flatten(2)
+    broadcasts to ``[B, N, S, H]``; -inf drops a slot. ``out`` is overwritten."""
+    weights = (_slot_gather(lse, partials.slots) + log_weights).softmax(2)                  # [B, N, S, H]
+    out.mul_(partials.packed(weights, dim=1).to(out.dtype)[..., None])
+    return _accumulate(out.flatten(2), partials, partials.slots.shape[0])
 
 
 def mix_partials(out: torch.Tensor, partials: RegionPartials, weights: torch.Tensor | None) -> torch.Tensor:
-    """``y_i = sum_s weights[i, s] out_s`` (``weights`` ``[N, S]``); None: one slot per pixel, weight 1."""
+    """``y_i = sum_s w_s out_s`` with the packed weights ``[P]`` (None: one slot per pixel, weight 1: each
+    pixel reads its one output back). ``out`` is overwritten."""
     out = out.flatten(2)
     if weights is None:
         return out.index_select(1, partials.slots[:, 0])
-    return (weights[:, None, :] @ _slot_gather(out, partials.slots)).squeeze(2)      # [N,1,S] @ [B,N,S,C]
+    return _accumulate(out.mul_(weights[:, None]), partials, partials.slots.shape[0])
 
 
 def mask_free_default(device: torch.device) -> bool:
@@ -417,7 +437,7 @@ class CoupleLayout:
     mode: str
     strength: float
     partials: RegionPartials | None = None
-    weights: torch.Tensor | None = None     # average: [N, S] mixing weight of each slot (0 unused); overlay: None
+    weights: torch.Tensor | None = None     # average: [P] mixing weight of every packed query; overlay: None
 
 
 def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_weights=None) -> torch.Tensor:
@@ -465,7 +485,7 @@ def couple_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, conte
             raise ValueError("in overlay mode the nearest region of every pixel must have tokens" if mode == "overlay"
                              else f"region {r} has a positive mask but no tokens in the context")
     partials = region_partials(tokens, used[present], block)
-    mix = None if mode == "overlay" else partials.slot_values(weights[present].to(dtype), 0.0)
+    mix = None if mode == "overlay" else partials.packed(partials.slot_values(weights[present].to(dtype), 0.0))
     return CoupleLayout(n_pixels, context_len, mode, strength, partials, mix)
 
 
