@@ -265,8 +265,8 @@ def masked_tiled_attention(q, k, v, heads, hw, t, global_ratio, offset, stride, 
 @pytest.mark.parametrize("global_ratio", [0.0, 0.5])
 def test_gathered_tiles_equal_the_masked_formulation(hw, t, offset, stride, mode, blends, global_ratio):
     q, k, v = qkv(2, hw[0] * hw[1])
-    kwargs = dict(global_ratio=global_ratio, offset=offset, stride=stride, mode=mode, k_blend=blends[0],
-                  v_blend=blends[1])
+    kwargs = {"global_ratio": global_ratio, "offset": offset, "stride": stride, "mode": mode,
+              "k_blend": blends[0], "v_blend": blends[1]}
     out = N.tiled_attention(q, k, v, 2, hw, t, **kwargs)
     expected = masked_tiled_attention(q, k, v, 2, hw, t, global_ratio, offset, stride, mode, *blends)
     assert torch.allclose(out, expected, rtol=0, atol=1e-12)

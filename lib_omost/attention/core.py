@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 import torch
@@ -126,7 +126,7 @@ def _probe_lse(fn: Callable, device: torch.device, dtype: torch.dtype, head_dim:
             and torch.allclose(lse.double(), ref_lse.to(device), atol=max(tolerance, 1e-3)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def lse_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) -> Callable:
     """The attention-with-lse function for (device, dtype, head size): the first fused kernel that passes a
     probe (run once, here), else ``attention_lse_math``."""

@@ -34,7 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from .core import attention
-from .slothful import reduce_tokens, reduce_tokens_masked, reduction_grid, strided_sample
+from .slothful import (
+    reduce_tokens,
+    reduce_tokens_masked,
+    reduction_grid,
+    strided_sample,
+)
 from .windows import WindowLayout, ids_through, window_layout, windowed_attention
 
 DEFAULT_TILE = 32

@@ -45,7 +45,14 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .core import GatherCall, attention, gathered_attention, merge_heads, scale, split_heads
+from .core import (
+    GatherCall,
+    attention,
+    gathered_attention,
+    merge_heads,
+    scale,
+    split_heads,
+)
 
 COUPLE_MODES = ("average", "overlay")
 QUERY_BLOCK = 1024          # packed queries per SDPA batch entry of a region's partial attention
