@@ -76,7 +76,7 @@ def msw_msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     return windowed_attention(q, k, v, heads, msw_layout(tuple(hw), shift, tuple(windows), q.device))
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)
 def msw_layout(hw: tuple[int, int], shift: int, windows: tuple[int, int], device: torch.device) -> WindowLayout:
     """The windows of ``partition`` as an index layout (each window attends itself)."""
     ids = ids_through(lambda x: partition(x, hw, shift, windows), hw[0] * hw[1])

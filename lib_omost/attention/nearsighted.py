@@ -149,7 +149,7 @@ def untile(t: torch.Tensor, hw: tuple[int, int], grid: TileGrid, offset: tuple[i
     return g.reshape(b, hw[0] * hw[1], c)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)
 def tile_valid(hw: tuple[int, int], grid: TileGrid, offset: tuple[int, int] = (0, 0),
                device: torch.device | str | None = None) -> torch.Tensor | None:
     """Boolean [ty * tx, th * tw], True where a tile position holds a real token; None without padding.
@@ -207,11 +207,13 @@ def _key_ids(keys: TileKeys, query_ids: torch.Tensor, pooled: bool) -> torch.Ten
     return torch.cat([local, sample.expand(len(local), -1)], 1)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)
 def tile_layout(keys: TileKeys, k_pooled: bool, v_pooled: bool, device: torch.device) -> WindowLayout:
     """The tiles' index layout; ``*_pooled``: whether K / V come from pooled keys (blend > 0)."""
     query_ids = ids_through(lambda x: tile(x, keys.hw, keys.grid, keys.offset), keys.hw[0] * keys.hw[1])
-    return window_layout(query_ids, _key_ids(keys, query_ids, k_pooled), _key_ids(keys, query_ids, v_pooled), device)
+    k_ids = _key_ids(keys, query_ids, k_pooled)
+    v_ids = k_ids if v_pooled == k_pooled else _key_ids(keys, query_ids, v_pooled)
+    return window_layout(query_ids, k_ids, v_ids, device)
 
 
 def key_source(x: torch.Tensor, keys: TileKeys, stride: float, g_stride: float | None, mode: str,

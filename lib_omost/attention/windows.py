@@ -35,18 +35,22 @@ def window_layout(query_ids: torch.Tensor, key_ids: torch.Tensor, value_ids: tor
                   device: torch.device) -> WindowLayout:
     """The layout of windows given by id maps ``[windows, slots]`` (-1 = empty slot): window t's queries are
     the tokens ``query_ids[t]`` (each token exactly once over all windows), its keys / values the source
-    positions in ``key_ids[t]`` / ``value_ids[t]``."""
+    positions in ``key_ids[t]`` / ``value_ids[t]``. Maps passed as the same tensor share one index tensor.
+    Layouts are cached by their callers: keep them small (they live on the device)."""
     used = torch.cat([query_ids >= 0, key_ids >= 0, value_ids >= 0], 1)
     patterns, which = torch.unique(used, dim=0, return_inverse=True)
     n_q, n_k = query_ids.shape[1], key_ids.shape[1]
     calls, order = [], []
     for c, pattern in enumerate(patterns):
         windows = torch.nonzero(which == c).flatten()
-        q_slots, k_slots, v_slots = pattern[:n_q], pattern[n_q:n_q + n_k], pattern[n_q + n_k:]
-        queries = query_ids[windows][:, q_slots].flatten()
+        queries = query_ids[windows][:, pattern[:n_q]].flatten()
         order.append(queries)
-        calls.append(GatherCall(len(windows), queries.to(device), key_ids[windows][:, k_slots].flatten().to(device),
-                                value_ids[windows][:, v_slots].flatten().to(device)))
+        on_device = {id(query_ids): queries.to(device)}          # one tensor per distinct id map
+        for ids, slots in ((key_ids, pattern[n_q:n_q + n_k]), (value_ids, pattern[n_q + n_k:])):
+            if id(ids) not in on_device:
+                on_device[id(ids)] = ids[windows][:, slots].flatten().to(device)
+        calls.append(GatherCall(len(windows), on_device[id(query_ids)], on_device[id(key_ids)],
+                                on_device[id(value_ids)]))
     order = torch.cat(order)
     if not torch.equal(torch.sort(order).values, torch.arange(len(order))):
         raise ValueError("the windows' queries must hold every token exactly once")
