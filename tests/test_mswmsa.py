@@ -122,3 +122,19 @@ def test_layer_tables():
     assert M.LAYERS["sd15"] == {"input": (1, 2), "output": (9, 10, 11)}
     assert M.LAYERS["sdxl"] == {"input": (4, 5), "output": (3, 4, 5)}
     assert M.DEFAULT_WINDOW_PERCENT == (0.2, 1.0)
+
+
+def test_windows_run_unmasked_in_one_call_per_window_size(unmasked_sdpa):
+    seen = unmasked_sdpa
+    for hw, calls in (((12, 10), 1), ((9, 13), 4), ((9, 12), 2)):
+        seen.clear()
+        q, k, v = rand(2, hw[0] * hw[1], 8, seed=10), rand(2, hw[0] * hw[1], 8, seed=11), rand(2, hw[0] * hw[1], 8)
+        M.msw_msa_attention(q, k, v, 2, hw, 1)
+        assert len(seen) == calls, (hw, seen)
+        assert sum(shape[0] * shape[2] for shape in seen) == 2 * hw[0] * hw[1]    # every token queried once
+
+
+def test_window_layouts_are_cached_per_size_and_shift():
+    a = M.msw_layout((9, 13), 2, (2, 2), torch.device("cpu"))
+    assert M.msw_layout((9, 13), 2, (2, 2), torch.device("cpu")) is a
+    assert M.msw_layout((9, 13), 3, (2, 2), torch.device("cpu")) is not a

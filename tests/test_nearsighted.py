@@ -234,3 +234,62 @@ def test_tiling_applies_by_depth():
     assert [N.tiling_applies(d, 1) for d in (1, 2, 4)] == [True, False, False]
     assert [N.tiling_applies(d, 2) for d in (1, 2, 4)] == [True, True, False]
     assert [N.tiling_applies(d, 3) for d in (1, 2, 4)] == [True, True, True]
+
+
+# --- fused kernels: gathered tiles, no mask -------------------------------------------------------
+
+def masked_tiled_attention(q, k, v, heads, hw, t, global_ratio, offset, stride, mode, k_blend, v_blend):
+    """The formulation with padded tiles and a key mask (tiles stacked in the batch, one masked call)."""
+    grid = N.tile_grid(hw, t)
+    qt, kt, vt = (N.tile(x, hw, grid, offset) for x in (q, k, v))
+    valid = N.tile_valid(hw, grid, offset)
+    if valid is None:
+        valid = torch.ones(grid.count, grid.tokens, dtype=torch.bool)
+    kt, key_valid = S.reduce_tokens_masked(kt, (grid.th, grid.tw), stride, mode, k_blend, valid)
+    vt, _ = S.reduce_tokens_masked(vt, (grid.th, grid.tw), stride, mode, v_blend, valid)
+    if global_ratio > 0:
+        g_stride = N.global_stride(stride, grid.count, global_ratio)
+        gk = S.reduce_tokens(k, hw, g_stride, mode, k_blend).repeat_interleave(grid.count, 0)
+        gv = S.reduce_tokens(v, hw, g_stride, mode, v_blend).repeat_interleave(grid.count, 0)
+        kt, vt = torch.cat([kt, gk], 1), torch.cat([vt, gv], 1)
+        key_valid = torch.cat([key_valid, key_valid.new_ones(grid.count, gk.shape[1])], 1)
+    mask = key_valid.repeat(q.shape[0], 1)[:, None, None, :]
+    return N.untile(attention(qt, kt, vt, heads, mask=mask), hw, grid, offset)
+
+
+@pytest.mark.parametrize("hw,t,offset", [((16, 16), 8, (0, 0)), ((17, 25), 8, (1, 2)), ((13, 11), 5, (2, 0)),
+                                         ((24, 20), 7, (0, 1)), ((31, 29), 7, (3, 1))])
+@pytest.mark.parametrize("stride,mode", [(0.0, "2D_AVG"), (4.0, "2D_AVG"), (4.0, "2D_MAX"), (3.0, "1D_AVG"),
+                                         (6.0, "1D_MAX")])
+@pytest.mark.parametrize("blends", [(0.0, 0.0), (0.5, 1.0), (1.0, 0.0)])
+@pytest.mark.parametrize("global_ratio", [0.0, 0.5])
+def test_gathered_tiles_equal_the_masked_formulation(hw, t, offset, stride, mode, blends, global_ratio):
+    q, k, v = qkv(2, hw[0] * hw[1])
+    kwargs = {"global_ratio": global_ratio, "offset": offset, "stride": stride, "mode": mode,
+              "k_blend": blends[0], "v_blend": blends[1]}
+    out = N.tiled_attention(q, k, v, 2, hw, t, **kwargs)
+    expected = masked_tiled_attention(q, k, v, 2, hw, t, global_ratio, offset, stride, mode, *blends)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-12)
+
+
+
+
+def test_tiles_run_unmasked_one_call_per_tile_class(unmasked_sdpa):
+    seen = unmasked_sdpa
+    q, k, v = qkv(2, 16 * 16)
+    N.tiled_attention(q, k, v, 2, (16, 16), 8, global_ratio=0.5, stride=4.0)
+    assert len(seen) == 1 and seen[0][0] == 2 * 4                      # tiles divide the map: one call
+    seen.clear()
+    q, k, v = qkv(2, 17 * 25)
+    N.tiled_attention(q, k, v, 2, (17, 25), 8, global_ratio=0.5, offset=(1, 2), stride=4.0)
+    assert 1 < len(seen) <= 9                                            # interior, edge and corner tiles
+
+
+def test_tile_layouts_are_built_once_per_grid_not_per_stride():
+    hw, grid = (32, 32), N.tile_grid((32, 32), 8)
+    # strides 3.5 and 4.0 give the same 2 x 2 grid inside a tile: the same cached layout
+    keys = [N.tile_keys(hw, grid, (0, 0), stride, "2D_AVG", N.global_stride(stride, grid.count, 0.5))
+            for stride in (3.5, 4.0)]
+    assert keys[0].local == keys[1].local
+    first = N.tile_layout(keys[0]._replace(sample=keys[1].sample), False, False, torch.device("cpu"))
+    assert N.tile_layout(keys[1], False, False, torch.device("cpu")) is first

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from lib_omost.attention import core
 from lib_omost.attention.core import attention
 from lib_omost.attention.regional import (
     DENSE_SELF_WEIGHT,
@@ -21,6 +22,7 @@ from lib_omost.attention.regional import (
     omost_attention_explicit,
     omost_layout,
     owner_regions,
+    region_partials,
     tile_token_regions,
 )
 
@@ -185,6 +187,24 @@ def test_omost_strength_and_weights_follow_the_documented_formula(strength):
     assert close(slow, expected, atol=1e-10)
 
 
+@pytest.mark.parametrize("strength", [0.3, 0.9, 1.0, 1.5])
+def test_omost_mask_free_form_equals_the_formula(strength):
+    # the form CUDA runs: region partials without any mask, merged by log-sum-exp
+    q, k, v = tensors(batch=2, seed=20)
+    masks, regions = rect_masks(), token_map()
+    weights = [1.0, 0.5, 2.0, 1.25]
+    layout = omost_layout(regions, masks, k.shape[1], dtype=q.dtype, strength=strength, region_weights=weights,
+                          mask_free=True)
+    assert layout.bias is None and layout.partials is not None
+    expected = omost_formula(q, k, v, regions, masks, strength, weights)
+    assert close(omost_attention(q, k, v, HEADS, layout), expected, atol=1e-10)
+
+
+def test_omost_default_form_follows_the_device():
+    layout = omost_layout(token_map(), rect_masks(), sum(TOKENS))
+    assert layout.partials is None and layout.bias is not None          # CPU: one fused call with the float mask
+
+
 def test_omost_strength_zero_is_exactly_plain_attention():
     q, k, v = tensors(seed=2)
     out = omost(q, k, v, token_map(), rect_masks(), strength=0.0)
@@ -249,7 +269,7 @@ def test_couple_packing_in_small_blocks_is_exact(block):
     masks = rect_masks().double() * torch.tensor([1.0, 0.5, 0.8, 0.3])[:, None]
     regions = token_map()
     layout = couple_layout(regions, masks, k.shape[1], dtype=q.dtype, block=block)
-    assert layout.token_index.shape[0] >= masks.shape[0]
+    assert layout.partials.entries >= masks.shape[0]
     out = attention_couple(q, k, v, HEADS, layout)
     assert close(out, couple_formula(q, k, v, regions, masks, "average"))
 
@@ -258,7 +278,7 @@ def test_couple_equal_length_regions_need_no_padding():
     counts = [3, 3, 3, 3]
     q, k, v = tensors(length=12, seed=7)
     masks, regions = rect_masks(), token_map(counts)
-    assert couple_layout(regions, masks, 12).key_bias is None
+    assert len(couple_layout(regions, masks, 12).partials.calls) == 1      # one SDPA call, no key padding
     out = couple(q, k, v, regions, masks)
     assert close(out, couple_formula(q, k, v, regions, masks, "average"), atol=1e-10)
 
@@ -359,6 +379,7 @@ def test_layouts_are_checked_against_the_call():
 
 METHODS = {
     "omost": lambda q, k, v, reg, m, **kw: omost(q, k, v, reg, m, **kw),
+    "omost-mask-free": lambda q, k, v, reg, m, **kw: omost(q, k, v, reg, m, mask_free=True, **kw),
     "couple-average": lambda q, k, v, reg, m, **kw: couple(q, k, v, reg, m, **kw),
     "couple-overlay": lambda q, k, v, reg, m, **kw: couple(q, k, v, reg, m, mode="overlay", **kw),
     "dense": lambda q, k, v, reg, m, **kw: dense(q, k, v, reg, m, 800.0, **kw),
@@ -377,7 +398,7 @@ def test_lcm_repetition_leaves_the_result_unchanged(name):
         method(q, k[:, :-1], v[:, :-1], regions, masks)
 
 
-@pytest.mark.parametrize("name", ["omost", "couple-average", "couple-overlay"])
+@pytest.mark.parametrize("name", ["omost", "omost-mask-free", "couple-average", "couple-overlay"])
 def test_hard_mask_methods_keep_pixels_outside_b_unchanged(name):
     q, k, v = tensors(seed=15)
     masks, regions = rect_masks(), token_map()
@@ -439,3 +460,94 @@ def test_float32_matches_float64():
         lo = method(q.float(), k.float(), v.float(), regions, masks)
         assert lo.dtype == torch.float32
         assert torch.allclose(lo.double(), hi, atol=1e-4), name
+
+
+# ------------------------------------------------------------------------------ fused kernels
+
+
+
+@pytest.mark.parametrize("name", ["omost-mask-free", "couple-average", "couple-overlay", "dense"])
+def test_no_mask_reaches_the_kernel(name, unmasked_sdpa):
+    q, k, v = tensors(batch=4, seed=21)
+    masks, regions = rect_masks(), token_map()
+    METHODS[name](q, k, v, regions, masks, cond_rows=[1, 3])
+
+
+def test_equal_token_counts_run_in_one_call_and_unequal_ones_without_padding():
+    masks = rect_masks()
+    equal = couple_layout(token_map([77, 77, 77, 77]), masks, 308).partials
+    assert len(equal.calls) == 1 and equal.calls[0].keys.numel() == equal.entries * 77
+    mixed = couple_layout(token_map([154, 77, 77, 154]), masks, 462).partials
+    assert sorted(len(c.keys) // c.count for c in mixed.calls) == [77, 154]      # each entry its own tokens
+
+
+def test_region_partials_slots():
+    # group 0 covers every pixel, group 1 pixels 1 and 3; blocks of 2 queries
+    tokens = [torch.arange(3), torch.arange(3, 5)]
+    pixels = torch.tensor([[True] * 4, [False, True, False, True]])
+    partials = region_partials(tokens, pixels, block=2)
+    assert [c.count for c in partials.calls] == [1, 2]                 # 2 tokens: group 1; 3 tokens: group 0
+    assert partials.calls[0].queries.tolist() == [1, 3]
+    assert partials.calls[1].queries.tolist() == [0, 1, 2, 3]
+    assert partials.used.tolist() == [[True, False], [True, True], [True, False], [True, True]]
+    assert partials.slot_groups[partials.used].tolist() == [0, 0, 1, 0, 0, 1]
+    # packed order: call 0 (group 1: pixels 1, 3), then call 1 (group 0: pixels 0..3)
+    assert partials.slots[partials.used].tolist() == [2, 3, 0, 4, 5, 1]
+
+
+def test_attention_lse_matches_the_explicit_logits():
+    g = torch.Generator().manual_seed(22)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=g, dtype=torch.float64) for n in (9, 5, 5))
+    ref_out, ref_lse = core.attention_lse_math(q, k, v)
+    logits = q @ k.transpose(-1, -2) / 4.0
+    assert torch.allclose(ref_lse, logits.logsumexp(-1), atol=1e-12)
+    assert core.lse_kernel(q.device, torch.float64, 16) is not core.attention_lse_math   # the CPU flash kernel
+    for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        out, lse = core.attention_lse(q.to(dtype), k.to(dtype), v.to(dtype))
+        assert out.dtype == dtype and torch.allclose(out.double(), ref_out, atol=atol)
+        assert torch.allclose(lse.double(), ref_lse, atol=max(atol, 1e-3))
+
+
+def test_a_kernel_with_another_lse_convention_is_rejected():
+    def base2(q, k, v):
+        out, lse = core.attention_lse_math(q, k, v)
+        return out, lse / math.log(2)
+
+    assert not core._probe_lse(base2, torch.device("cpu"), torch.float32, 8)
+    assert core._probe_lse(core.attention_lse_math, torch.device("cpu"), torch.float32, 8)
+
+
+# Low precision: every method against its float64 result, as a fraction of the output's largest magnitude.
+# Omost's area factor N / A_r multiplies rounded keys, so its error is larger (the masked form has the same).
+LOW_PRECISION_TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
+
+
+def sdxl_like_layer(seed=23):
+    """16 x 16 pixels, 4 heads x 32, regions of 154 / 77 / 77 / 154 tokens (77-token chunks)."""
+    masks = rect_masks([(0, 16, 0, 16), (0, 8, 0, 10), (6, 16, 5, 16), (3, 12, 3, 12)], 16, 16)
+    regions = token_map([154, 77, 77, 154])
+    g = torch.Generator().manual_seed(seed)
+    qkv = [torch.randn(2, n, 4 * 32, generator=g, dtype=torch.float64) for n in (256, len(regions), len(regions))]
+    return qkv, regions, masks
+
+
+LAYER_METHODS = {
+    "omost": lambda x, reg, m, d: omost_attention(*x, 4, omost_layout(reg, m, len(reg), dtype=d, mask_free=False)),
+    "omost-mask-free": lambda x, reg, m, d: omost_attention(*x, 4, omost_layout(reg, m, len(reg), dtype=d,
+                                                                                   mask_free=True)),
+    "couple": lambda x, reg, m, d: attention_couple(*x, 4, couple_layout(reg, m, len(reg), dtype=d)),
+    "overlay": lambda x, reg, m, d: attention_couple(*x, 4, couple_layout(reg, m, len(reg), mode="overlay", dtype=d)),
+    "dense": lambda x, reg, m, d: densediffusion_attention(*x, 4, dense_cross_layout(reg, m, len(reg)), 900.0),
+}
+
+
+@pytest.mark.parametrize("dtype", list(LOW_PRECISION_TOLERANCE), ids=str)
+def test_low_precision_error_is_bounded(dtype):
+    qkv, regions, masks = sdxl_like_layer()
+    errors = {}
+    for name, method in LAYER_METHODS.items():
+        ref = method(qkv, regions, masks, torch.float64)
+        out = method([t.to(dtype) for t in qkv], regions, masks, dtype)
+        errors[name] = float((out.double() - ref).abs().max() / ref.abs().max())
+        assert errors[name] <= LOW_PRECISION_TOLERANCE[dtype], (name, errors[name])
+    assert errors["omost-mask-free"] <= 1.5 * errors["omost"] + 1e-7      # as precise as the masked form

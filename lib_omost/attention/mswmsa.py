@@ -2,27 +2,28 @@
 
 The h x w token grid is rolled by ``-shift`` (cyclically, on the real tokens), padded at the bottom /
 right when h or w is odd, and split into 2 x 2 windows of ceil(h/2) x ceil(w/2); every window attends
-only to itself (padded keys masked; the public code resized odd grids instead), all windows in one
-attention call; the result is un-partitioned, cropped and rolled back. Shift k in 0..3 moves the windows
+only to itself; the result is un-partitioned, cropped and rolled back (the public code resized odd grids
+instead). Shift k in 0..3 moves the windows
 by ``k * (window // 4)`` rows and columns (the original's formula); a new k is drawn for every call.
 An axis of length 1 is not split (a window never holds padding only).
 
 This equals full attention under a block-diagonal mask: tokens attend each other iff their rolled
 positions fall in the same window.
+
+Speed: ``partition`` / ``reverse`` define the geometry; the attention gathers every window's tokens by an
+index map derived from them (roll, pad and cut in one gather, cached per size, shift and device), runs
+windows of equal size in one unmasked SDPA call (one call on even grids; odd grids have up to four
+window sizes and no padding in any kernel) and scatters back in one gather.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
-from .nearsighted import (
-    TileGrid,
-    grid_for_counts,
-    tile,
-    tile_valid,
-    tiles_attention,
-    untile,
-)
+from .nearsighted import TileGrid, grid_for_counts, tile, untile
+from .windows import WindowLayout, ids_through, window_layout, windowed_attention
 
 SHIFTS = 4                    # shift index k takes values 0..SHIFTS-1
 DEFAULT_WINDOWS = (2, 2)
@@ -72,10 +73,14 @@ def reverse(windows_x: torch.Tensor, hw: tuple[int, int], k: int,
 def msw_msa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, hw: tuple[int, int],
                       shift: int, windows: tuple[int, int] = DEFAULT_WINDOWS) -> torch.Tensor:
     """Shifted-window attention of projected q, k, v [B, h*w, heads*dim] on an h x w grid, shift index 0..3."""
-    grid = window_grid(hw, windows)
-    parts = [partition(x, hw, shift, windows) for x in (q, k, v)]
-    out = tiles_attention(*parts, heads, tile_valid(hw, grid, device=q.device))
-    return reverse(out, hw, shift, windows)
+    return windowed_attention(q, k, v, heads, msw_layout(tuple(hw), shift, tuple(windows), q.device))
+
+
+@lru_cache(maxsize=64)
+def msw_layout(hw: tuple[int, int], shift: int, windows: tuple[int, int], device: torch.device) -> WindowLayout:
+    """The windows of ``partition`` as an index layout (each window attends itself)."""
+    ids = ids_through(lambda x: partition(x, hw, shift, windows), hw[0] * hw[1])
+    return window_layout(ids, ids, ids, device)
 
 
 def draw_shift(generator: torch.Generator, previous: int | None = None) -> int:

@@ -7,27 +7,40 @@ padding is split between top/bottom and left/right by an offset drawn from a cal
 With an integer tile size every tile holds real tokens (``(ty - 1) * th < h``).
 
 Each tile's queries attend
-  * the tile's own tokens (optionally Slothful-reduced inside the tile), padded ones MASKED, and
+  * the tile's own tokens (optionally Slothful-reduced inside the tile), never padding, and
   * a global sample of the whole unpadded map (strided / pooled), about ``global_ratio`` times the number
     of local keys: global stride = max(1, stride) * ty * tx / global_ratio.
-All tiles run as one attention call (tiles stacked into the batch dimension); the result is un-tiled and
-the padding cropped.
+The result is un-tiled and the padding cropped.
 
-The grid helpers here (``TileGrid``, ``tile``, ``untile``, ``tile_valid``, ``tiles_attention``) are the
-shared window machinery; MSW-MSA (``mswmsa.py``) uses them for its 2 x 2 windows.
+Speed: ``tile`` / ``untile`` / ``strided_sample`` define the geometry; the attention gathers each tile's
+queries and keys (local and global) through an index map derived from them (``tile_layout``, cached per
+sizes and device: the Slothful stride is a float that changes every step, the layout depends only on the
+integer grid steps it gives). Tiles with the same valid positions run in one unmasked SDPA call: one call
+when the tiles divide the map, at most nine (edge and corner tiles) with padding, never a mask. Pooled keys
+(blend > 0) are computed per call into a key source; strided samples (blend 0) are read from k / v.
+
+The grid helpers here (``TileGrid``, ``tile``, ``untile``, ``tile_valid``) are shared with MSW-MSA
+(``mswmsa.py``) for its 2 x 2 windows.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .core import attention
-from .slothful import reduce_tokens, reduce_tokens_masked
+from .slothful import (
+    reduce_tokens,
+    reduce_tokens_masked,
+    reduction_grid,
+    strided_sample,
+)
+from .windows import WindowLayout, ids_through, window_layout, windowed_attention
 
 DEFAULT_TILE = 32
 DEFAULT_GLOBAL_RATIO = 0.5
@@ -136,29 +149,15 @@ def untile(t: torch.Tensor, hw: tuple[int, int], grid: TileGrid, offset: tuple[i
     return g.reshape(b, hw[0] * hw[1], c)
 
 
+@lru_cache(maxsize=64)
 def tile_valid(hw: tuple[int, int], grid: TileGrid, offset: tuple[int, int] = (0, 0),
                device: torch.device | str | None = None) -> torch.Tensor | None:
-    """Boolean [ty * tx, th * tw], True where a tile position holds a real token; None without padding."""
+    """Boolean [ty * tx, th * tw], True where a tile position holds a real token; None without padding.
+    Cached: the same tensor is returned for the same sizes (do not modify it)."""
     if grid.padding(hw) == (0, 0):
         return None
     ones = torch.ones(1, hw[0] * hw[1], 1, dtype=torch.uint8, device=device)
     return tile(ones, hw, grid, offset)[..., 0].bool()
-
-
-def tiles_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                    key_valid: torch.Tensor | None = None) -> torch.Tensor:
-    """One attention call over tiles stacked in the batch dimension.
-
-    ``key_valid``: boolean [T, Lk] (one row per tile, shared by every image of the batch, whose rows are
-    ordered (b, tile)) or None; False keys are masked out of the softmax.
-    """
-    if key_valid is None:
-        return attention(q, k, v, heads)
-    tiles = key_valid.shape[0]
-    if q.shape[0] % tiles or key_valid.shape[1] != k.shape[1]:
-        raise ValueError(f"key mask {tuple(key_valid.shape)} does not fit keys {tuple(k.shape)}")
-    mask = key_valid.repeat(q.shape[0] // tiles, 1)[:, None, None, :]
-    return attention(q, k, v, heads, mask=mask)
 
 
 def global_stride(local_stride: float, tiles: int, global_ratio: float) -> float:
@@ -166,6 +165,75 @@ def global_stride(local_stride: float, tiles: int, global_ratio: float) -> float
     if global_ratio <= 0:
         raise ValueError(f"global ratio {global_ratio!r} must be positive to take a global sample")
     return max(1.0, local_stride) * tiles / global_ratio
+
+
+class TileKeys(NamedTuple):
+    """What the tiles of one call attend, in sizes only (so it can key a cache)."""
+    hw: tuple[int, int]
+    grid: TileGrid
+    offset: tuple[int, int]
+    local: tuple | None     # reduction_grid of each tile's keys when Slothful shortens them, else None
+    sample: tuple | None    # reduction_grid of the global sample, None without one
+
+
+def _reducing(grid_steps: tuple) -> bool:
+    return grid_steps[1:] != (1, 1)
+
+
+def tile_keys(hw: tuple[int, int], grid: TileGrid, offset: tuple[int, int], stride: float, mode: str,
+              g_stride: float | None) -> TileKeys:
+    local = reduction_grid((grid.th, grid.tw), stride, mode)
+    sample = None if g_stride is None else reduction_grid(hw, g_stride, mode)
+    return TileKeys(tuple(hw), grid, tuple(offset), local if stride > 1 and _reducing(local) else None, sample)
+
+
+def _key_ids(keys: TileKeys, query_ids: torch.Tensor, pooled: bool) -> torch.Tensor:
+    """``[tiles, slots]`` position of every key of every tile in the key source (``key_source``), -1 where
+    a slot holds padding: the tile's own (reduced) tokens, then the global sample."""
+    n_tokens = keys.hw[0] * keys.hw[1]
+    local, source_len = query_ids, n_tokens
+    if keys.local is not None:
+        grid, sy, sx = keys.local
+        local = strided_sample(query_ids[..., None], grid, sy, sx)[..., 0]
+        if pooled:                  # the pooled tiles, tile by tile, are the source
+            slots = torch.arange(local.numel()).view(local.shape)
+            local, source_len = torch.where(local >= 0, slots, -1), local.numel()
+    if keys.sample is None:
+        return local
+    grid, sy, sx = keys.sample
+    sample = ids_through(lambda x: strided_sample(x, grid, sy, sx), n_tokens)[0]
+    if pooled:                      # the pooled global sample follows the local keys in the source
+        sample = torch.arange(len(sample)) + source_len
+    return torch.cat([local, sample.expand(len(local), -1)], 1)
+
+
+@lru_cache(maxsize=64)
+def tile_layout(keys: TileKeys, k_pooled: bool, v_pooled: bool, device: torch.device) -> WindowLayout:
+    """The tiles' index layout; ``*_pooled``: whether K / V come from pooled keys (blend > 0)."""
+    query_ids = ids_through(lambda x: tile(x, keys.hw, keys.grid, keys.offset), keys.hw[0] * keys.hw[1])
+    k_ids = _key_ids(keys, query_ids, k_pooled)
+    v_ids = k_ids if v_pooled == k_pooled else _key_ids(keys, query_ids, v_pooled)
+    return window_layout(query_ids, k_ids, v_ids, device)
+
+
+def key_source(x: torch.Tensor, keys: TileKeys, stride: float, g_stride: float | None, mode: str,
+               blend: float) -> torch.Tensor:
+    """The tensor ``_key_ids`` points into: ``x`` itself for strided samples (blend 0); otherwise the
+    pooled tiles (or ``x`` when tiles are not reduced) followed by the pooled global sample."""
+    if blend == 0:
+        return x
+    parts = [x]
+    if keys.local is not None:
+        tiles = tile(x, keys.hw, keys.grid, keys.offset)
+        tile_hw, valid = (keys.grid.th, keys.grid.tw), tile_valid(keys.hw, keys.grid, keys.offset, x.device)
+        if valid is None:
+            reduced = reduce_tokens(tiles, tile_hw, stride, mode, blend)
+        else:
+            reduced, _ = reduce_tokens_masked(tiles, tile_hw, stride, mode, blend, valid)
+        parts = [reduced.reshape(x.shape[0], -1, x.shape[2])]
+    if g_stride is not None:
+        parts.append(reduce_tokens(x, keys.hw, g_stride, mode, blend))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, hw: tuple[int, int],
@@ -185,24 +253,11 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     if grid is None:
         return attention(q, reduce_tokens(k, hw, stride, mode, k_blend),
                          reduce_tokens(v, hw, stride, mode, v_blend), heads)
-    tile_hw = (grid.th, grid.tw)
-    valid = tile_valid(hw, grid, offset, device=q.device)
-    qt, kt, vt = (tile(x, hw, grid, offset) for x in (q, k, v))
-    if valid is None:
-        kt = reduce_tokens(kt, tile_hw, stride, mode, k_blend)
-        vt = reduce_tokens(vt, tile_hw, stride, mode, v_blend)
-    else:
-        kt, key_valid = reduce_tokens_masked(kt, tile_hw, stride, mode, k_blend, valid)
-        vt, _ = reduce_tokens_masked(vt, tile_hw, stride, mode, v_blend, valid)
-        valid = key_valid
-    if global_ratio > 0:
-        g_stride = global_stride(stride, grid.count, global_ratio)
-        gk = reduce_tokens(k, hw, g_stride, mode, k_blend).repeat_interleave(grid.count, dim=0)
-        gv = reduce_tokens(v, hw, g_stride, mode, v_blend).repeat_interleave(grid.count, dim=0)
-        kt, vt = torch.cat([kt, gk], dim=1), torch.cat([vt, gv], dim=1)
-        if valid is not None:
-            valid = torch.cat([valid, valid.new_ones(grid.count, gk.shape[1])], dim=1)
-    return untile(tiles_attention(qt, kt, vt, heads, valid), hw, grid, offset)
+    g_stride = global_stride(stride, grid.count, global_ratio) if global_ratio > 0 else None
+    keys = tile_keys(hw, grid, offset, stride, mode, g_stride)
+    layout = tile_layout(keys, k_blend > 0, v_blend > 0, q.device)
+    return windowed_attention(q, key_source(k, keys, stride, g_stride, mode, k_blend),
+                              key_source(v, keys, stride, g_stride, mode, v_blend), heads, layout)
 
 
 def near_sighted_schedule(time_ratio: float, base_tile: int = DEFAULT_BASE_TILE,

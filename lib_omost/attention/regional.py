@@ -18,6 +18,13 @@ synchronisation, so it stays cheap on a GPU). A layout depends on the layer grid
 parameters and the dtype, so a caller builds one per (layer size, context length, dtype) and reuses it
 for every layer and step of that size.
 
+Speed (GPU): no method puts a mask in an attention kernel where it can avoid it (on CUDA a mask moves
+SDPA off the flash kernel). Each region's tokens are attended, unmasked, by the pixels that use them:
+queries gathered into entries of ``QUERY_BLOCK``, regions with equal token counts (77-token chunks) in one
+SDPA call (``region_partials``); each pixel then combines its regions' partial outputs: attention couple
+with its weights (overlay: reads its one region back), Omost and DenseDiffusion by log-sum-exp
+(``merge_partials``), which is the softmax over the union of the regions' tokens, exactly.
+
 Every attention function takes ``cond_rows``: the batch rows that carry the regional context. The other
 rows (the negative prompt) get plain attention over their own context (``attention_by_rows``).
 ``None`` = all rows.
@@ -33,14 +40,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-from .core import attention, merge_heads, scale, split_heads
+from .core import (
+    GatherCall,
+    attention,
+    gathered_attention,
+    merge_heads,
+    scale,
+    split_heads,
+)
 
 COUPLE_MODES = ("average", "overlay")
-COUPLE_QUERY_BLOCK = 512    # queries per stacked batch entry in attention couple
+QUERY_BLOCK = 1024          # packed queries per SDPA batch entry of a region's partial attention
 DENSE_CROSS_WEIGHT = 1.0    # DenseDiffusion's w for cross-attention (w^c)
 DENSE_SELF_WEIGHT = 0.3     # DenseDiffusion's w for self-attention (w^s)
 
@@ -187,24 +202,146 @@ def attention_by_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
             parts.append(attention(q[tail], k[tail], v[tail], heads))
         return torch.cat(parts)
     chosen = set(rows)
-    others = [r for r in range(batch) if r not in chosen]
-    rows_t = torch.tensor(rows, device=q.device)
-    others_t = torch.tensor(others, device=q.device)
+    rows_t = _row_index(tuple(rows), q.device)
+    others_t = _row_index(tuple(r for r in range(batch) if r not in chosen), q.device)
     out = q.new_empty(batch, q.shape[1], v.shape[2])
     out[rows_t] = regional(q[rows_t], k[rows_t], v[rows_t])
     out[others_t] = attention(q[others_t], k[others_t], v[others_t], heads)
     return out
 
 
+# --------------------------------------------------------------------- partial attentions
+
+@dataclass(frozen=True)
+class RegionPartials:
+    """Partial attentions over key groups (a region's tokens) and how each pixel merges them.
+
+    Every group is attended by the pixels that use it, packed into entries of ``block`` queries (the last
+    one padded with pixel 0, whose output is never read); groups with the same token count share one
+    unmasked SDPA call (``calls``). Slot s of pixel i is its s-th group (in group order) and
+    ``slots[i, s]`` the packed position of that partial; unused slots point at position 0.
+    """
+    calls: tuple[GatherCall, ...]
+    slots: torch.Tensor          # [N, S] packed position of each partial (unused: 0)
+    slot_groups: torch.Tensor    # [N, S] group of each slot (unused: 0)
+    used: torch.Tensor           # [N, S] bool
+    packed_slot: torch.Tensor    # [P] flat (pixel * S + slot) of every packed query (padding: 0)
+    segments: tuple              # (first packed position, pixels) of every group, in packed order
+    entries: int                 # SDPA batch entries per image over all calls
+
+    def slot_values(self, table: torch.Tensor, unused: float) -> torch.Tensor:
+        """A per-(group, pixel) table ``[G, N]`` read at every slot: ``[N, S]``, ``unused`` at unused slots."""
+        pixels = torch.arange(table.shape[1], device=table.device)[:, None]
+        return table[self.slot_groups, pixels].masked_fill(~self.used, unused)
+
+    def packed(self, values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Per-slot values with the (pixel, slot) axes at ``dim``, ``dim + 1`` in packed order (one axis ``[P]``)."""
+        return values.flatten(dim, dim + 1).index_select(dim, self.packed_slot)
+
+
+def region_partials(group_tokens: Sequence[torch.Tensor], group_pixels: torch.Tensor,
+                    block: int = QUERY_BLOCK) -> RegionPartials:
+    """Pack the partial attentions: group g's tokens ``group_tokens[g]`` are attended by the pixels where
+    ``group_pixels[g]`` (``[G, N]`` bool) holds. Built on the CPU, returned on ``group_pixels``' device."""
+    device = group_pixels.device
+    group_pixels = group_pixels.cpu()
+    n_groups, n_pixels = group_pixels.shape
+    block = min(block, n_pixels)
+    packed = torch.full((n_groups, n_pixels), -1, dtype=torch.long)        # packed position of (group, pixel)
+    calls, segments, start = [], [], 0
+    for length in sorted({len(t) for g, t in enumerate(group_tokens) if group_pixels[g].any()}):
+        queries, keys, count = [], [], 0
+        for g, tokens in enumerate(group_tokens):
+            inside = torch.nonzero(group_pixels[g]).flatten()
+            if len(tokens) != length or not len(inside):
+                continue
+            chunks = -(-len(inside) // block)
+            packed[g, inside] = start + torch.arange(len(inside))
+            segments.append((start, inside.to(device)))
+            queries += [inside, inside.new_zeros(chunks * block - len(inside))]
+            keys += [tokens.cpu()] * chunks
+            start, count = start + chunks * block, count + chunks
+        keys_t = torch.cat(keys).to(device)
+        calls.append(GatherCall(count, torch.cat(queries).to(device), keys_t, keys_t))
+    used_by = packed >= 0
+    n_slots = int(used_by.sum(0).max())
+    group, pixel = torch.nonzero(used_by, as_tuple=True)
+    slot = (used_by.cumsum(0) - 1)[group, pixel]
+    slots = torch.zeros(n_pixels, n_slots, dtype=torch.long)
+    slot_groups, used = torch.zeros_like(slots), torch.zeros(n_pixels, n_slots, dtype=torch.bool)
+    slots[pixel, slot], slot_groups[pixel, slot], used[pixel, slot] = packed[group, pixel], group, True
+    packed_slot = torch.zeros(start, dtype=torch.long)
+    packed_slot[packed[group, pixel]] = pixel * n_slots + slot
+    return RegionPartials(tuple(calls), slots.to(device), slot_groups.to(device), used.to(device),
+                          packed_slot.to(device), tuple(segments), sum(call.count for call in calls))
+
+
+def _slot_gather(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``x[:, slots]`` for packed per-query values ``[B, P, ...]``: ``[B, N, S, ...]``."""
+    return x.index_select(1, slots.flatten()).view(x.shape[0], *slots.shape, *x.shape[2:])
+
+
+def _accumulate(weighted: torch.Tensor, partials: RegionPartials, n_pixels: int) -> torch.Tensor:
+    """Sum the weighted packed outputs ``[B, P, C]`` into their pixels: one ``index_add_`` per group
+    (distinct pixels within a call, groups in a fixed order: deterministic on CUDA too)."""
+    total = weighted.new_zeros(weighted.shape[0], n_pixels, weighted.shape[2])
+    for start, pixels in partials.segments:
+        total.index_add_(1, pixels, weighted[:, start:start + len(pixels)])
+    return total
+
+
+def merge_partials(out: torch.Tensor, lse: torch.Tensor, partials: RegionPartials,
+                   log_weights: torch.Tensor) -> torch.Tensor:
+    """Attention over the union of each pixel's key groups, from the partial outputs ``[B, P, H, D]`` and
+    their log-sum-exp ``[B, P, H]``: ``y_i = sum_s softmax_s(lse_s + log_weight_s) out_s`` (exact: the
+    softmax over a union of key sets, each set's terms scaled by ``exp(log_weight)``). ``log_weights``
+    broadcasts to ``[B, N, S, H]``; -inf drops a slot. ``out`` is overwritten."""
+    weights = (_slot_gather(lse, partials.slots) + log_weights).softmax(2)                  # [B, N, S, H]
+    out.mul_(partials.packed(weights, dim=1).to(out.dtype)[..., None])
+    return _accumulate(out.flatten(2), partials, partials.slots.shape[0])
+
+
+def mix_partials(out: torch.Tensor, partials: RegionPartials, weights: torch.Tensor | None) -> torch.Tensor:
+    """``y_i = sum_s w_s out_s`` with the packed weights ``[P]`` (None: one slot per pixel, weight 1: each
+    pixel reads its one output back). ``out`` is overwritten."""
+    out = out.flatten(2)
+    if weights is None:
+        return out.index_select(1, partials.slots[:, 0])
+    return _accumulate(out.mul_(weights[:, None]), partials, partials.slots.shape[0])
+
+
+def mask_free_default(device: torch.device) -> bool:
+    """Whether a method with a mask-free and a masked form (Omost) runs mask-free by default on ``device``."""
+    return device.type == "cuda"
+
+
+def _groups_of(token_regions: torch.Tensor, n_regions: int) -> tuple[list[int], list[torch.Tensor]]:
+    """The regions that own tokens and each one's token positions (in region order)."""
+    owned = [(r, torch.nonzero(token_regions == r).flatten()) for r in range(n_regions)]
+    owned = [(r, tokens) for r, tokens in owned if len(tokens)]
+    return [r for r, _ in owned], [tokens for _, tokens in owned]
+
+
+@lru_cache(maxsize=64)
+def _row_index(rows: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Row indices on the device, made once (a host-to-device copy per call would synchronise)."""
+    return torch.tensor(rows, device=device)
+
+
 # --------------------------------------------------------------- (a) Omost score manipulation
 
 @dataclass(frozen=True)
 class OmostLayout:
-    """Prepared Omost score manipulation for one (layer size, context length, dtype)."""
+    """Prepared Omost score manipulation for one (layer size, context length, dtype, device)."""
     n_pixels: int
     context_len: int
-    key_scale: torch.Tensor | None      # [L] logit multiplier per token; None = plain attention
-    bias: torch.Tensor | None           # [N, L] additive mask (0 inside, log(1 - strength) or -inf outside)
+    key_scale: torch.Tensor | None              # [L] logit multiplier per token; None = plain attention
+    token_regions: torch.Tensor | None = None   # [L] region of every token (tiled to the context)
+    inside: torch.Tensor | None = None          # [N, R] bool: pixel i lies in region r
+    outside: float = float("-inf")              # additive logit outside the pixel's regions
+    bias: torch.Tensor | None = None            # masked form: [N, L] additive mask
+    partials: RegionPartials | None = None      # mask-free form
+    log_weights: torch.Tensor | None = None     # mask-free form: [N, S] 0 inside the slot's region, else outside
 
 
 def omost_key_scale(token_regions: torch.Tensor, region_masks: torch.Tensor, strength: float = 1.0,
@@ -221,7 +358,8 @@ def omost_key_scale(token_regions: torch.Tensor, region_masks: torch.Tensor, str
 
 
 def omost_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, context_len: int, *,
-                 strength: float = 1.0, region_weights=None, dtype: torch.dtype = torch.float32) -> OmostLayout:
+                 strength: float = 1.0, region_weights=None, dtype: torch.dtype = torch.float32,
+                 mask_free: bool | None = None) -> OmostLayout:
     """Validate and prepare Omost score manipulation (on ``region_masks``' device).
 
     At strength 1: ``logit_ij = (q_i . k_j / sqrt d) * N / A_r(j)`` if pixel i is inside region r(j), else
@@ -231,6 +369,11 @@ def omost_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, contex
     emphasis). Strength 0 is plain attention over the whole context (the weights are then ignored).
     ``region_weights`` (``[R]``, >= 0, default 1): multiplies the logits of that region's tokens, like the
     area factor itself (1 = Omost's behaviour).
+
+    ``mask_free`` chooses the form (both exact): region partials merged by log-sum-exp (default on CUDA,
+    where a mask moves SDPA off the flash kernel) or one SDPA with the additive ``[N, L]`` mask (default
+    elsewhere: PyTorch's CPU flash kernel takes a float mask in the kernel, and the single call moves less
+    memory than the partials' gathers).
     """
     strength = _check_strength(strength)
     n_pixels = region_masks.shape[-1]
@@ -239,26 +382,40 @@ def omost_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, contex
         return OmostLayout(n_pixels, context_len, None, None)
     key_scale = omost_key_scale(regions, region_masks, strength, region_weights).to(dtype)
     outside = math.log(1.0 - strength) if strength < 1.0 else float("-inf")
-    bias = _outside_bias(region_masks.t(), regions, outside, dtype)
-    return OmostLayout(n_pixels, context_len, key_scale, bias)
+    inside = region_masks.t()
+    if not (mask_free_default(region_masks.device) if mask_free is None else mask_free):
+        return OmostLayout(n_pixels, context_len, key_scale, regions, inside, outside,
+                           bias=_outside_bias(inside, regions, outside, dtype))
+    present, tokens = _groups_of(regions, region_masks.shape[0])
+    table = torch.full((len(present), n_pixels), outside, dtype=torch.promote_types(dtype, torch.float32),
+                       device=region_masks.device).masked_fill_(inside[:, present].t(), 0.0)
+    pixels = table > float("-inf")          # hard mask: a region's pixels; soft: every pixel
+    partials = region_partials(tokens, pixels)
+    return OmostLayout(n_pixels, context_len, key_scale, regions, inside, outside,
+                       partials=partials, log_weights=partials.slot_values(table, float("-inf")))
 
 
 def omost_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, layout: OmostLayout, *,
                     cond_rows: Sequence[int] | None = None) -> torch.Tensor:
     """Omost score manipulation on the ``cond_rows`` (plain attention on the others).
 
-    No ``N x L`` logits: key j is scaled by ``s_j`` and SDPA gets the region mask in its additive 0 / -inf
-    form (PyTorch's CPU kernel takes its fused path only for float masks; on CUDA both forms use the same
-    kernel). A strength-0 layout returns plain attention.
+    No ``N x L`` logits: key j is scaled by ``s_j``. Mask-free form: the logits of a (pixel, region) block
+    are then plain attention logits plus one constant bias, so each region's tokens are attended, unmasked,
+    by the pixels that see them (``region_partials``: one fused SDPA call per token count, with the
+    log-sum-exp) and every pixel merges its regions' partial outputs by log-sum-exp plus bias
+    (``merge_partials``): the softmax over the union, exactly. Masked form: one SDPA with the additive
+    0 / bias mask. A strength-0 layout returns plain attention.
     """
     _check_call(q, k, layout.n_pixels, layout.context_len, "Omost")
     if layout.key_scale is None:
         return attention(q, k, v, heads)
-    key_scale = layout.key_scale.to(k.device, k.dtype)[:, None]
-    bias = layout.bias.to(q.device, q.dtype)
+    key_scale = layout.key_scale[:, None]
 
     def regional(q_, k_, v_):
-        return attention(q_, k_ * key_scale, v_, heads, mask=bias)
+        if layout.partials is None:
+            return attention(q_, k_ * key_scale, v_, heads, mask=layout.bias)
+        out, lse = gathered_attention(q_, k_ * key_scale, v_, heads, layout.partials.calls, with_lse=True)
+        return merge_partials(out, lse, layout.partials, layout.log_weights[..., None])
 
     return attention_by_rows(q, k, v, heads, cond_rows, regional)
 
@@ -273,7 +430,7 @@ def omost_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     qh, kh, vh = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
     logits = (qh @ kh.transpose(-1, -2)) * scale(qh.shape[-1])
     logits = logits * layout.key_scale.to(logits)
-    logits = logits + layout.bias.to(logits)
+    logits = logits + _outside_bias(layout.inside, layout.token_regions, layout.outside, logits.dtype)
     return merge_heads(logits.softmax(-1) @ vh)
 
 
@@ -281,18 +438,13 @@ def omost_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 @dataclass(frozen=True)
 class CoupleLayout:
-    """Prepared attention couple for one (layer size, context length, dtype)."""
+    """Prepared attention couple for one (layer size, context length, dtype, device)."""
     n_pixels: int
     context_len: int
     mode: str
     strength: float
-    bias: torch.Tensor | None = None          # overlay: [N, L] 0 on the owner region's tokens, -inf elsewhere
-    pixels: torch.Tensor | None = None        # average: packed queries' pixels [E * block]
-    mix: torch.Tensor | None = None           # average: packed queries' weights [E * block] (0 = padding)
-    token_index: torch.Tensor | None = None   # average: each entry's region tokens [E, Lmax]
-    key_bias: torch.Tensor | None = None      # average: [E, Lmax] -inf on padded keys, or None
-    spans: tuple = ()                         # average: (first packed query, pixel count) per region
-    block: int = COUPLE_QUERY_BLOCK
+    partials: RegionPartials | None = None
+    weights: torch.Tensor | None = None     # average: [P] mixing weight of every packed query; overlay: None
 
 
 def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_weights=None) -> torch.Tensor:
@@ -316,42 +468,9 @@ def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_wei
     return weighted / total
 
 
-def _couple_entries(weights: torch.Tensor, regions: torch.Tensor, block: int, dtype: torch.dtype):
-    """Pack the (region, pixel) pairs with a positive weight into entries of ``block`` queries each.
-
-    Returns per packed query its pixel and weight (padding queries: pixel 0, weight 0), per entry the token
-    indices of its region (padded to the longest region), the key padding bias (None when no padding) and
-    per region the span of its real queries in the packed order.
-    """
-    pixels, mix, tokens, spans = [], [], [], []
-    for r in range(weights.shape[0]):
-        inside = torch.nonzero(weights[r] > 0).flatten()
-        if not len(inside):
-            continue
-        group = torch.nonzero(regions == r).flatten()
-        if not len(group):
-            raise ValueError(f"region {r} has a positive mask but no tokens in the context")
-        chunks = -(-len(inside) // block)
-        pad = chunks * block - len(inside)
-        spans.append((len(tokens) * block, len(inside)))
-        pixels += [inside, inside.new_zeros(pad)]
-        mix += [weights[r, inside], weights.new_zeros(pad)]
-        tokens += [group] * chunks
-    longest = max(len(t) for t in tokens)
-    token_index = torch.zeros(len(tokens), longest, dtype=torch.long, device=weights.device)
-    valid = torch.zeros(len(tokens), longest, dtype=torch.bool, device=weights.device)
-    for row, group in enumerate(tokens):
-        token_index[row, :len(group)] = group
-        valid[row, :len(group)] = True
-    key_bias = None
-    if not bool(valid.all()):
-        key_bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, float("-inf"))
-    return torch.cat(pixels), torch.cat(mix).to(dtype), token_index, key_bias, tuple(spans)
-
-
 def couple_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, context_len: int, *,
                   mode: str = "average", strength: float = 1.0, region_weights=None,
-                  dtype: torch.dtype = torch.float32, block: int = COUPLE_QUERY_BLOCK) -> CoupleLayout:
+                  dtype: torch.dtype = torch.float32, block: int = QUERY_BLOCK) -> CoupleLayout:
     """Validate and prepare attention couple: ``y_i = sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r``.
 
     ``mode`` "average" uses ``couple_weights`` (soft masks and ``region_weights`` allowed); "overlay" gives
@@ -365,62 +484,34 @@ def couple_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, conte
     regions = _check_regions(token_regions, region_masks, context_len, hard=(mode == "overlay"))
     if strength == 0.0:
         return CoupleLayout(n_pixels, context_len, mode, strength)
-    if mode == "overlay":
-        owner = owner_regions(region_masks)
-        if not bool(torch.isin(owner, regions).all()):
-            raise ValueError("in overlay mode the nearest region of every pixel must have tokens")
-        owned = F.one_hot(owner, region_masks.shape[0]).bool()                      # [N, R]
-        return CoupleLayout(n_pixels, context_len, mode, strength,
-                            bias=_outside_bias(owned, regions, float("-inf"), dtype))
     weights = couple_weights(region_masks, mode, region_weights)
-    block = min(block, n_pixels)
-    pixels, mix, token_index, key_bias, spans = _couple_entries(weights, regions, block, dtype)
-    return CoupleLayout(n_pixels, context_len, mode, strength, pixels=pixels, mix=mix, token_index=token_index,
-                        key_bias=key_bias, spans=spans, block=block)
-
-
-def _couple_average(q, k, v, heads, layout: CoupleLayout):
-    """Each region attends only the pixels where its weight is positive: those queries are packed into
-    entries of ``layout.block`` queries stacked along the batch axis, each entry with its region's K/V
-    (padded to the longest region with masked keys): one SDPA call. The weighted outputs are added back
-    region by region (``index_add_`` with distinct pixels per region, in a fixed order: deterministic on
-    CUDA too). Equal to stacking every region over all N pixels, with less work."""
-    batch, n_pixels, _ = q.shape
-    pixels, index = layout.pixels.to(q.device), layout.token_index.to(q.device)
-    entries, longest = index.shape
-    block = layout.block
-    # advanced indexing, not index_select: PyTorch's CPU index_select along dim 1 runs on one thread
-    qs = split_heads(q[:, pixels].reshape(batch * entries, block, q.shape[2]), heads)
-    ks = split_heads(k[:, index.flatten()].reshape(batch * entries, longest, k.shape[2]), heads)
-    vs = split_heads(v[:, index.flatten()].reshape(batch * entries, longest, v.shape[2]), heads)
-    mask = None
-    if layout.key_bias is not None:
-        mask = layout.key_bias.to(q.device, q.dtype).repeat(batch, 1)[:, None, None, :]   # [B*E, 1, 1, Lmax]
-    out = merge_heads(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask))
-    out = out.view(batch, entries * block, -1).mul_(layout.mix.to(out)[:, None])   # in place: no extra buffer
-    total = out.new_zeros(batch, n_pixels, out.shape[2])
-    for start, count in layout.spans:
-        total.index_add_(1, pixels[start:start + count], out[:, start:start + count])
-    return total
+    present, tokens = _groups_of(regions, region_masks.shape[0])
+    used = weights > 0
+    for r in set(range(len(weights))) - set(present):
+        if bool(used[r].any()):
+            raise ValueError("in overlay mode the nearest region of every pixel must have tokens" if mode == "overlay"
+                             else f"region {r} has a positive mask but no tokens in the context")
+    partials = region_partials(tokens, used[present], block)
+    mix = None if mode == "overlay" else partials.packed(partials.slot_values(weights[present].to(dtype), 0.0))
+    return CoupleLayout(n_pixels, context_len, mode, strength, partials, mix)
 
 
 def attention_couple(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, layout: CoupleLayout, *,
                      cond_rows: Sequence[int] | None = None) -> torch.Tensor:
     """Attention couple on the ``cond_rows`` (plain attention on the others).
 
-    average: all regions in one SDPA call (``_couple_average``). overlay: one masked SDPA over the
-    concatenated context, each pixel attending only its owner region's tokens (the same sum with one-hot
-    weights). Strength 0 and 1 skip the unused term of the blend with plain attention.
+    No mask: each region's tokens are attended by the pixels where its weight is positive (overlay: each
+    pixel by its owner region only), packed into unmasked SDPA calls (``region_partials``), and each pixel
+    sums its regions' outputs with its weights (overlay: reads its one output back). Strength 0 and 1 skip
+    the unused term of the blend with plain attention.
     """
     _check_call(q, k, layout.n_pixels, layout.context_len, "attention couple")
     if layout.strength == 0.0:
         return attention(q, k, v, heads)
 
     def regional(q_, k_, v_):
-        if layout.mode == "overlay":
-            out = attention(q_, k_, v_, heads, mask=layout.bias.to(q_.device, q_.dtype))
-        else:
-            out = _couple_average(q_, k_, v_, heads, layout)
+        out, _ = gathered_attention(q_, k_, v_, heads, layout.partials.calls)
+        out = mix_partials(out, layout.partials, layout.weights)
         if layout.strength < 1.0:
             out = torch.lerp(attention(q_, k_, v_, heads), out, layout.strength)
         return out
@@ -432,9 +523,27 @@ def attention_couple(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
 
 @dataclass(frozen=True)
 class DenseLayout:
-    """Prepared DenseDiffusion modulation: which (pixel, key) pairs are "allowed" and ``S_i``."""
-    allowed: torch.Tensor      # [N, L] bool
-    size_reg: torch.Tensor     # [N] S_i = 1 - size_weight * A_owner(i) / N
+    """Prepared DenseDiffusion modulation: key groups (regions' tokens, or pixels by nearest region for
+    self-attention), which pixels each group is "allowed" for, and ``S_i``."""
+    n_pixels: int
+    context_len: int
+    size_reg: torch.Tensor      # [N] S_i = 1 - size_weight * A_owner(i) / N
+    key_groups: torch.Tensor    # [L] group of every key
+    inside: torch.Tensor        # [N, G] bool: pixel i is paired with group g's keys
+    partials: RegionPartials    # every pixel attends every group
+    slot_inside: torch.Tensor   # [N, S] bool: ``inside`` at every slot
+
+    @property
+    def allowed(self) -> torch.Tensor:
+        """``[N, L]`` bool: pixel i is paired with key j."""
+        return self.inside[:, self.key_groups]
+
+
+def _dense_layout(key_groups: torch.Tensor, inside: torch.Tensor, size_reg: torch.Tensor) -> DenseLayout:
+    tokens = [torch.nonzero(key_groups == g).flatten() for g in range(inside.shape[1])]
+    partials = region_partials(tokens, torch.ones_like(inside.t()))
+    return DenseLayout(inside.shape[0], len(key_groups), size_reg, key_groups, inside, partials,
+                       partials.slot_values(inside.t(), False))
 
 
 def dense_size_regularizer(region_masks: torch.Tensor, size_weight: float = 1.0) -> torch.Tensor:
@@ -454,7 +563,11 @@ def dense_cross_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, 
     """Cross-attention: pixel i is paired with token j iff it lies in region r(j) (the global region's
     tokens pair with every pixel)."""
     regions = _check_regions(token_regions, region_masks, context_len, hard=True)
-    return DenseLayout(allowed_tokens(regions, region_masks), dense_size_regularizer(region_masks, size_weight))
+    present, _ = _groups_of(regions, region_masks.shape[0])
+    group_of = torch.full((region_masks.shape[0],), -1, dtype=torch.long, device=regions.device)
+    group_of[present] = torch.arange(len(present), device=regions.device)
+    return _dense_layout(group_of[regions], region_masks.t()[:, present],
+                         dense_size_regularizer(region_masks, size_weight))
 
 
 def dense_self_layout(region_masks: torch.Tensor, *, size_weight: float = 1.0) -> DenseLayout:
@@ -463,7 +576,8 @@ def dense_self_layout(region_masks: torch.Tensor, *, size_weight: float = 1.0) -
     if region_masks.dtype != torch.bool:
         raise TypeError(f"DenseDiffusion needs hard (bool) region masks, got {region_masks.dtype}")
     owner = owner_regions(region_masks)
-    return DenseLayout(owner[:, None] == owner[None, :], dense_size_regularizer(region_masks, size_weight))
+    owners, key_groups = torch.unique(owner, return_inverse=True)
+    return _dense_layout(key_groups, owner[:, None] == owners[None, :], dense_size_regularizer(region_masks, size_weight))
 
 
 def dense_time_factor(timestep: float) -> float:
@@ -482,19 +596,27 @@ def densediffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     ``s'_ij = s_ij + c_i (rowmax_i - s_ij)`` where allowed, else ``s_ij - c_i (s_ij - rowmin_i)``; then
     softmax and V. ``weight`` is DenseDiffusion's w (``DENSE_CROSS_WEIGHT`` 1.0 for cross-attention,
     ``DENSE_SELF_WEIGHT`` 0.3 for self-attention); a UI strength multiplies it. The original applies it in
-    the early steps only (the caller's time window). Logits are explicit (float32 at least).
+    the early steps only (the caller's time window).
+
+    Two passes. Up to a per-row constant, ``s'_ij = (1 - c_i) s_ij + [allowed] c_i (rowmax_i - rowmin_i)``:
+    the row extrema need the logits once (one matmul and ``aminmax``, float32 at least); then each key
+    group is attended by every pixel with queries scaled by ``1 - c_i`` (fused SDPA with log-sum-exp) and
+    the groups are merged with the bonus on the allowed ones (``merge_partials``).
     """
-    _check_call(q, k, layout.allowed.shape[0], layout.allowed.shape[1], "DenseDiffusion")
+    _check_call(q, k, layout.n_pixels, layout.context_len, "DenseDiffusion")
     factor = float(weight) * dense_time_factor(timestep)
-    allowed = layout.allowed.to(q.device)
+    if factor == 0.0:
+        return attention(q, k, v, heads)
+    c = factor * layout.size_reg
+    inside = layout.slot_inside[None, :, :, None]                                         # [1, N, S, 1]
 
     def regional(q_, k_, v_):
         compute = torch.promote_types(q_.dtype, torch.float32)
-        qh, kh, vh = (split_heads(x, heads).to(compute) for x in (q_, k_, v_))
-        s = (qh @ kh.transpose(-1, -2)) * scale(qh.shape[-1])
-        c = (factor * layout.size_reg.to(s))[:, None]
-        rowmax, rowmin = s.amax(-1, keepdim=True), s.amin(-1, keepdim=True)
-        s = torch.where(allowed, s + c * (rowmax - s), s - c * (s - rowmin))
-        return merge_heads(s.softmax(-1) @ vh).to(q_.dtype)
+        s = split_heads(q_, heads).to(compute) @ split_heads(k_, heads).to(compute).transpose(-1, -2)
+        low, high = torch.aminmax(s, dim=-1)
+        spread = (high - low) * (c.to(compute) * scale(q_.shape[2] // heads))                # [B, H, N]
+        temperature = (1.0 - c).to(q_.dtype)[:, None]
+        out, lse = gathered_attention(q_ * temperature, k_, v_, heads, layout.partials.calls, with_lse=True)
+        return merge_partials(out, lse, layout.partials, spread.transpose(1, 2)[:, :, None, :] * inside)
 
     return attention_by_rows(q, k, v, heads, cond_rows, regional)

@@ -251,10 +251,12 @@ class RegionalStage:
     def masks(self, hw: tuple[int, int]) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(region_masks(self.canvas, *hw))).flatten(1)
 
-    def layout(self, hw, context_len: int, dtype):
-        key = (hw, context_len, dtype)
+    def layout(self, hw, context_len: int, dtype, device):
+        """Built once per (layer size, context length, dtype, device), on that device: nothing is moved or
+        converted per call."""
+        key = (hw, context_len, dtype, device)
         if key not in self.layouts:
-            masks = self.masks(hw)
+            masks = self.masks(hw).to(device)
             regions = fit_token_regions(self.regions, context_len)
             if self.method == OMOST:
                 made = omost_layout(regions, masks, context_len, strength=self.strength,
@@ -270,7 +272,7 @@ class RegionalStage:
     def __call__(self, q, k, v, call: AttnCall, inner):
         if k.shape[1] < self.regions.shape[0] or not call.cond_rows:
             return inner(q, k, v, call)          # not the canvas context (or no positive rows in this call)
-        layout = self.layout(call.hw, k.shape[1], q.dtype)
+        layout = self.layout(call.hw, k.shape[1], q.dtype, q.device)
         if self.method == OMOST:
             return omost_attention(q, k, v, call.heads, layout, cond_rows=call.cond_rows)
         if self.method in (COUPLE, OVERLAY):
