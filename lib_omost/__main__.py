@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from lib_omost import __version__
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {hint}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader left (`omost layout | head`): stop quietly, as cat and ls do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a command ended by a closed pipe
 
 
 if __name__ == "__main__":

@@ -143,3 +143,16 @@ def test_a_clone_without_the_dependencies_says_what_to_install(tmp_path):
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == ("error: the canvas needs numpy, which is not installed. Install the package: pip install . "
                            "in the sd-forge-omost folder (pipx: pipx install .)\n")
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`omost layout | head -1`: the closed pipe ends the command with 141 (as a shell reports SIGPIPE), no
+    traceback. Here the pipe's read end is closed before the command starts, so its first write fails."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "lib_omost", "layout"], cwd=ROOT, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""
