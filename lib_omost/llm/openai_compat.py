@@ -108,6 +108,10 @@ class SSEError(ValueError):
     pass
 
 
+class EmptyStream(LLMError):
+    """The server ended the stream without a token, a finish reason or [DONE]."""
+
+
 @dataclass
 class SSEDecoder:
     """Bytes → events (event name, data), per the SSE format: `field: value` lines, a blank line ends an
@@ -360,8 +364,26 @@ class OpenAIBackend:
                             del body["seed"]
                             continue
                         raise error
-                    yield from _read_stream(response, stop, state, start, self.config.api_key)
-                    return
+                    try:
+                        yield from _read_stream(response, stop, state, start, self.config.api_key)
+                        return
+                    except EmptyStream as exc:
+                        empty = exc
+                raise self._unstreamed_error(body) or empty
+
+    def _unstreamed_error(self, body: dict) -> LLMError | None:
+        """The server's error for `body` asked without streaming, for one token; None when it has none.
+        llama-cpp-python's server rejects a prompt longer than the context only after its stream began: the
+        stream ends empty (the reason goes to its console), while the same request unstreamed gets it as an
+        HTTP error. It closes the stream's connection right after the stream, so this asks on a new one."""
+        import httpx
+
+        shared = self.client()
+        with httpx.Client(timeout=shared.timeout, headers=shared.headers,
+                          verify=self.config.root.startswith("https://")) as fresh:
+            response = fresh.post(self.config.root + "/chat/completions",
+                                  json={**body, "stream": False, "max_tokens": 1})
+            return self._fail(response) if response.status_code >= 400 else None
 
 
 class ChunkTemplate:
@@ -480,8 +502,9 @@ def _read_stream(response, stop: threading.Event, state: _StreamState, start: fl
         if chunk is None:
             break
     if not done and finish is None:
-        raise LLMError(f"the server ended the stream before the answer was complete (after {state.tokens} "
-                       f"tokens, no finish reason and no [DONE])")
+        raise (EmptyStream if state.tokens == 0 else LLMError)(
+            f"the server ended the stream before the answer was complete (after {state.tokens} "
+            f"tokens, no finish reason and no [DONE])")
     tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
     tokens = tokens if isinstance(tokens, int) and tokens >= 0 else state.tokens
     yield Finished(_FINISH.get(finish, "stop"), "", tokens, time.perf_counter() - start)
