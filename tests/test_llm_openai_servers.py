@@ -64,3 +64,14 @@ def test_crlf_events_as_llama_cpp_python_sends_them(server):
     text, finished = collect(backend_for(server, model="m"))
     assert text == "".join(pieces) and finished[-1].reason == "length"
     assert [e.text for e in finished[:-1] if isinstance(e, TextDelta)] == pieces
+
+
+def test_llama_cpp_context_is_the_slot_context_not_the_trained_one(server):
+    """llama.cpp's /v1/models (server from llama.cpp 0c1e57098): meta.n_ctx is the context one request gets
+    (`-c` divided among `-np` slots), meta.n_ctx_train the model's; a router without the model loaded says 0."""
+    meta = {"vocab_type": 2, "n_vocab": 1024, "n_ctx": 2048, "n_ctx_train": 4096, "n_embd": 64}
+    server.models = {"object": "list", "data": [{"id": "tiny.gguf", "object": "model", "owned_by": "llamacpp",
+                                                 "meta": meta}]}
+    assert backend_for(server).context_length() == 2048
+    meta["n_ctx"] = 0
+    assert backend_for(server).context_length() == 4096

@@ -335,7 +335,8 @@ class OpenAIBackend:
             except LLMError:  # the list is optional when the model is named: the context stays unknown
                 return None
         for entry in entries:
-            size = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
+            meta = entry.get("meta") or {}  # llama.cpp: n_ctx = what one request gets (-c / slots); 0 = unloaded
+            size = entry.get("max_model_len") or meta.get("n_ctx") or meta.get("n_ctx_train")
             if isinstance(size, int) and size > 0:
                 return size
         return None

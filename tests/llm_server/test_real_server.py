@@ -127,6 +127,9 @@ def test_the_model_list_is_read():
     assert b.model_name() == listed[0]["id"]
     context = b.context_length()
     assert context is None or context >= 1
+    slot_context = (listed[0].get("meta") or {}).get("n_ctx")  # llama.cpp: the context one request gets
+    if slot_context:
+        assert context == slot_context
     print(f"models: {[m['id'] for m in listed]}; context read from the list: {context}")
 
 
