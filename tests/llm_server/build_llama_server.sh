@@ -5,7 +5,7 @@
 #   bash tests/llm_server/build_llama_server.sh [DIR]        (default DIR: /tmp/omost-llm-server)
 #
 # Needs Python 3, cmake, a C/C++ compiler and ninja (Debian: cmake g++ ninja-build) and the package registry;
-# no model download. On 2 cores it takes about 20 + 15 minutes (run it under nice). It makes, in DIR:
+# no model download. On 2 cores each server takes 20-50 minutes to build. It makes, in DIR:
 #   venv/                 llama-cpp-python[server] built from its PyPI source (it compiles llama.cpp),
 #                         plus gguf and tokenizers
 #   llama.cpp-build/bin/llama-server   llama.cpp's own server, built from the llama.cpp source vendored in

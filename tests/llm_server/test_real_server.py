@@ -11,9 +11,8 @@ OMOST_LLM_SERVER_URL is set. What is tested is the protocol, so any model works,
 
 Where the server exposes llama.cpp's `/slots` monitor, the tests also watch the server's own generation:
 deltas arrive while it is still generating, and Stop ends the generation there (the slot frees long before
-max_tokens). Servers without it skip those two observations and say so. The monitor is probed once, before
-any answer streams: llama-cpp-python's server (0.3.36) hangs for good when another request reaches it while
-an answer streams and that answer is then stopped.
+max_tokens: polled while it frees, its token count stays far below). Servers without it skip those two
+observations and say so (the monitor is probed once, at the start).
 """
 
 from __future__ import annotations
@@ -89,11 +88,14 @@ def decoded(slot: dict) -> int:
     return int((token or {}).get("n_decoded", 0))
 
 
-def wait_idle() -> list[dict]:
+def wait_idle() -> list[int]:
+    """Poll /slots until no slot is busy; the tokens the busy slots had generated at each poll."""
+    seen = []
     for _ in range(POLLS):
         state = slots()
-        if state is not None and not any(busy(s) for s in state):
-            return state
+        if not any(busy(s) for s in state):
+            return seen
+        seen += [decoded(s) for s in state if busy(s)]
         time.sleep(0.05)
     raise AssertionError(f"the server still generates after {POLLS} polls: {slots()}")
 
@@ -156,6 +158,8 @@ def test_deltas_arrive_while_the_server_generates():
 
 
 def test_stop_cancels_the_generation_on_the_server():
+    """After Stop the slot frees while it has generated few tokens. Had the server gone on to max_tokens (LONG),
+    the polls, 0.05 s apart, would have seen its count pass LONG / 2 on the way."""
     if slots() is None:
         pytest.skip("the server has no /slots monitor: its generation after Stop is not observable")
     wait_idle()
@@ -166,8 +170,8 @@ def test_stop_cancels_the_generation_on_the_server():
         if len(events) == 3:
             stop.set()
     assert isinstance(events[-1], Finished) and events[-1].reason == "stopped" and len(events) <= 5
-    state = wait_idle()  # the slot frees ...
-    assert all(decoded(s) < LONG for s in state), f"a slot generated to max_tokens after Stop: {state}"
+    seen = wait_idle()  # the slot frees ...
+    assert max(seen, default=0) < LONG // 2, f"the server went on generating after Stop: {seen}"
     # ... and the next request is served in full
     text, finished, _ = run(backend(), GenerationSettings(temperature=0, max_new_tokens=8))
     assert finished.reason == "length" and text
