@@ -20,7 +20,7 @@ JOBS="${JOBS:-$(nproc)}"
 mkdir -p "$DIR"
 cd "$DIR"
 
-python3 -m venv venv
+[ -x venv/bin/python ] || python3 -m venv venv
 venv/bin/python -m pip install -q --disable-pip-version-check gguf tokenizers numpy
 
 if ! venv/bin/python -c "import llama_cpp" 2>/dev/null; then
