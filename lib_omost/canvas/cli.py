@@ -1,6 +1,6 @@
-"""``omost layout [INPUT]`` (or ``python -m lib_omost layout``): show a canvas as a table and a character map, and write its
-preview PNG and JSON forms. INPUT is an LLM answer, canvas code, or canvas JSON (ours or the ComfyUI_omost
-list); ``-`` reads stdin; without INPUT the built-in example canvas is shown."""
+"""``omost layout [INPUT]`` (or ``python -m lib_omost layout``): show a canvas as a table and a character map,
+and write its preview PNG and JSON forms. INPUT is an LLM answer, canvas code, or canvas JSON (ours or the
+ComfyUI_omost list); ``-`` reads stdin; without INPUT the built-in example canvas is shown."""
 
 from __future__ import annotations
 

@@ -251,7 +251,8 @@ def test_the_cli_streams_and_reports_a_non_canvas_answer(capsys, monkeypatch):
     if API_KEY:
         monkeypatch.setenv("OMOST_TEST_SERVER_KEY", API_KEY)
     code = main(["chat", "a cat on a sofa", "--endpoint", URL, "--max-new-tokens", "48", "--seed", "3",
-                 *(["--model", MODEL] if MODEL else []), *(["--api-key-env", "OMOST_TEST_SERVER_KEY"] if API_KEY else [])])
+                 *(["--model", MODEL] if MODEL else []),
+                 *(["--api-key-env", "OMOST_TEST_SERVER_KEY"] if API_KEY else [])])
     out, err = capsys.readouterr()
     if code == 0:
         pytest.skip("the model answered with a canvas (a real Omost model?): nothing to report")
