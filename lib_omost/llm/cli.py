@@ -1,4 +1,5 @@
-"""``omost chat PROMPT ...`` (or ``python -m lib_omost chat``): ask an Omost LLM for a canvas, streaming the answer.
+"""``omost chat PROMPT ...`` (or ``python -m lib_omost chat``): ask an Omost LLM for a canvas, streaming the
+answer.
 
 The answer streams to stdout; progress (tokens, tokens/s, regions so far), warnings and errors go to stderr.
 The canvas is then shown as a table and written as ``layout`` writes it (--png, --json, --comfyui, --code).
