@@ -1,6 +1,6 @@
-"""``python -m lib_omost layout [INPUT]``: show a canvas as a table and a character map, and write its
-preview PNG and JSON forms. INPUT is an LLM answer, canvas code, or canvas JSON (ours or the ComfyUI_omost
-list); ``-`` reads stdin; without INPUT the built-in example canvas is shown."""
+"""``omost layout [INPUT]`` (or ``python -m lib_omost layout``): show a canvas as a table and a character map,
+and write its preview PNG and JSON forms. INPUT is an LLM answer, canvas code, or canvas JSON (ours or the
+ComfyUI_omost list); ``-`` reads stdin; without INPUT the built-in example canvas is shown."""
 
 from __future__ import annotations
 
@@ -94,11 +94,18 @@ def write_canvas_outputs(canvas: Canvas, png: str | None = None, json_path: str 
     return written
 
 
+LAYOUT_EXAMPLES = """examples:
+  omost layout                                  the built-in example canvas
+  omost layout answer.md --png layout.png --json canvas.json --comfyui comfy.json
+  cat answer.md | omost layout - --code canvas.py"""
+
+
 def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m lib_omost layout",
+        prog="omost layout", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Show an Omost canvas (LLM answer, canvas code, or JSON) as a table and a map, and write "
-                    "its preview PNG and JSON forms. The answer is parsed, never executed.")
+                    "its preview PNG and JSON forms. The answer is parsed, never executed.",
+        epilog=LAYOUT_EXAMPLES)
     parser.add_argument("input", nargs="?", metavar="INPUT",
                         help="file with an LLM answer, canvas code, our canvas JSON or the ComfyUI_omost list; "
                              "'-' reads stdin; omitted: the built-in example canvas")

@@ -1,4 +1,5 @@
-"""``python -m lib_omost chat PROMPT ...``: ask an Omost LLM for a canvas, streaming the answer.
+"""``omost chat PROMPT ...`` (or ``python -m lib_omost chat``): ask an Omost LLM for a canvas, streaming the
+answer.
 
 The answer streams to stdout; progress (tokens, tokens/s, regions so far), warnings and errors go to stderr.
 The canvas is then shown as a table and written as ``layout`` writes it (--png, --json, --comfyui, --code).
@@ -13,6 +14,7 @@ import os
 import sys
 import threading
 
+from lib_omost.extras import require
 from lib_omost.llm.chat import ask
 from lib_omost.llm.conversation import Conversation
 from lib_omost.llm.events import (BudgetWarning, Failed, Finished, GenerationSettings, Progress, TextDelta,
@@ -23,12 +25,20 @@ from lib_omost.terminal import printable
 CLI_PROGRESS_INTERVAL = 2.0  # seconds
 
 
+CHAT_EXAMPLES = """examples:
+  omost chat "a cat and a dog on a sofa" --endpoint http://127.0.0.1:8080 --png out.png --json canvas.json
+  omost chat "make the dog smaller" --edit canvas.json --endpoint http://127.0.0.1:11434/v1 --model omost
+  omost chat "a cat and a dog on a sofa" --model-path lllyasviel/omost-llama-3-8b-4bits
+      (a local model needs the [local] extra: pip install '.[local]')"""
+
+
 def _arguments(argv: list[str]) -> argparse.Namespace:
     defaults = GenerationSettings()
     p = argparse.ArgumentParser(
-        prog="python -m lib_omost chat",
+        prog="omost chat", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Ask an Omost LLM (a local transformers model or an OpenAI-compatible server) for a "
-                    "canvas. The answer is parsed, never executed.")
+                    "canvas. The answer is parsed, never executed.",
+        epilog=CHAT_EXAMPLES)
     p.add_argument("prompt", metavar="PROMPT", help="the image you want (or, with --edit, the change)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--endpoint", metavar="URL",
@@ -81,11 +91,13 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 def _backend(args):
     if args.endpoint:
+        require("httpx")
         from lib_omost.llm.openai_compat import EndpointConfig, OpenAIBackend, api_key_from_env
         key = api_key_from_env(args.api_key_env) if args.api_key_env else None
         return OpenAIBackend(EndpointConfig(args.endpoint, model=args.model, api_key=key,
                                             connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
                                             context_length=args.context_length))
+    require("torch", "transformers")
     from lib_omost.llm.local import OMOST_MODELS, LocalBackend, LocalModelSpec
     known = OMOST_MODELS.get(args.model_path)
     if known is not None and known.note:

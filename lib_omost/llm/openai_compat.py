@@ -182,6 +182,10 @@ class SSEError(ValueError):
         self.line = line
 
 
+class EmptyStream(LLMError):
+    """The server ended the stream without a token, a finish reason or [DONE]."""
+
+
 @dataclass
 class SSEDecoder:
     """Bytes → events (event name, data), per the SSE format: `field: value` lines, a blank line ends an
@@ -359,9 +363,10 @@ def _model_list(body: bytes, secrets: tuple[str, ...], root: str) -> list[dict]:
 
 
 def _context_size(entry: dict) -> int | None:
-    """A model entry's context size: vLLM's max_model_len or llama.cpp's meta.n_ctx_train, when valid."""
-    meta = entry.get("meta")
-    for size in (entry.get("max_model_len"), meta.get("n_ctx_train") if isinstance(meta, dict) else None):
+    """A model entry's context size, when valid: vLLM's max_model_len, else llama.cpp's meta.n_ctx (what one
+    request gets after -c is shared among -np slots; 0 while unloaded), else its meta.n_ctx_train."""
+    meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+    for size in (entry.get("max_model_len"), meta.get("n_ctx"), meta.get("n_ctx_train")):
         if isinstance(size, int) and not isinstance(size, bool) and size > 0:
             return size
     return None
@@ -495,8 +500,25 @@ class OpenAIBackend:
                                 continue
                             raise error
                         self._check(response)
-                        yield from _read_stream(response, stop, reading)
-                        return
+                        try:
+                            yield from _read_stream(response, stop, reading)
+                            return
+                        except EmptyStream as exc:
+                            empty = exc
+                    raise self._unstreamed_error(body) or empty
+
+    def _unstreamed_error(self, body: dict) -> LLMError | None:
+        """The server's error for `body` asked without streaming, for one token; None when it has none.
+        llama-cpp-python's server rejects a prompt longer than the context only after its stream began: the
+        stream ends empty (the reason goes to its console), while the same request unstreamed gets it as an
+        HTTP error. It closes the stream's connection right after the stream, so this asks on a new one."""
+        import httpx
+
+        shared = self.client()
+        with httpx.Client(timeout=shared.timeout, headers=shared.headers, auth=self._basic_auth,
+                          follow_redirects=False, verify=self._root.startswith("https://")) as fresh:
+            response = fresh.post(self._root + "/chat/completions", json={**body, "stream": False, "max_tokens": 1})
+            return self._fail(response) if response.status_code >= 400 else None
 
 
 class ChunkTemplate:
@@ -622,7 +644,8 @@ def _read_stream(response, stop: threading.Event, reading: _Reading) -> Iterator
         if chunk is None:
             break
     if not done and finish is None:
-        raise LLMError(_closed_mid_answer(reading.tokens, "the server sent no finish reason and no [DONE]"))
+        raise (EmptyStream if reading.tokens == 0 else LLMError)(
+            _closed_mid_answer(reading.tokens, "the server sent no finish reason and no [DONE]"))
     yield from _held_back(redactor, reading)
     tokens = (usage or {}).get("completion_tokens")
     yield Finished(_FINISH.get(finish, "stop"), "", reading.tokens if tokens is None else tokens, reading.seconds())
