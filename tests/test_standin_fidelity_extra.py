@@ -411,3 +411,17 @@ def test_approximation_indexes_and_refusals(flavour):
         sd_samplers_common.images_tensor_to_samples(torch.rand(1, 3, 8, 8), 3)
     with pytest.raises(ValueError, match="multiple of 8"):
         sd_samplers_common.images_tensor_to_samples(torch.rand(1, 3, 12, 8))
+
+
+def test_model_sampling_on_a_patcher_without_get_model_object():
+    """Forge Classic (1f95d717, early 2025) keeps reForge's ldm_patched backend, but its ModelPatcher has no
+    get_model_object: the model's own model_sampling is used, or an object patch of it when one is set."""
+    import types
+
+    with harness.use_flavour("reforge"):
+        from lib_omost.forge import webui
+        own, patched = object(), object()
+        unet = types.SimpleNamespace(model=types.SimpleNamespace(model_sampling=own), object_patches={})
+        assert webui.model_sampling(unet) is own
+        unet.object_patches["model_sampling"] = patched
+        assert webui.model_sampling(unet) is patched

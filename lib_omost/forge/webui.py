@@ -79,7 +79,11 @@ def model_sampling(unet):
     """The object with percent_to_sigma(p), timestep(sigma) and sigma(timestep)."""
     if flavour() == FORGE:
         return unet.model.predictor
-    return unet.get_model_object("model_sampling")
+    getter = getattr(unet, "get_model_object", None)
+    if getter is not None:
+        return getter("model_sampling")
+    # Forge Classic (early 2025) has reForge's backend without get_model_object: an object patch, else the model's
+    return getattr(unet, "object_patches", {}).get("model_sampling", unet.model.model_sampling)
 
 
 def attention_layers(unet) -> dict[LayerKey, int]:
