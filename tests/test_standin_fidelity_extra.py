@@ -425,3 +425,17 @@ def test_model_sampling_on_a_patcher_without_get_model_object():
         assert webui.model_sampling(unet) is own
         unet.object_patches["model_sampling"] = patched
         assert webui.model_sampling(unet) is patched
+
+
+def test_attention_without_a_precision_argument_is_called_without_one(monkeypatch):
+    """Forge Classic's optimized_attention(q, k, v, heads, mask=None) takes no attn_precision (reForge's does)."""
+    with harness.use_flavour("reforge"):
+        from ldm_patched.ldm.modules import attention as backend_attention
+
+        from lib_omost.forge import webui
+        calls = []
+        monkeypatch.setattr(backend_attention, "optimized_attention",
+                            lambda q, k, v, heads, mask=None: calls.append(heads) or q)
+        q = torch.zeros(1, 4, 8)
+        assert webui.attention_function()(q, q, q, 2, {"attn_precision": torch.float32}) is q
+        assert calls == [2]

@@ -7,6 +7,8 @@ on the flavour.
 
 from __future__ import annotations
 
+import inspect
+
 import importlib
 from functools import lru_cache
 from typing import Callable
@@ -55,12 +57,15 @@ def attention_function() -> Callable:
     """The WebUI's own attention as f(q, k, v, heads, options) on [B, N, heads*dim] tensors.
 
     Called exactly as the WebUI's CrossAttention calls it, so a layer where no stage acts computes what
-    the unpatched WebUI computes (reForge passes the block's attn_precision along).
+    the unpatched WebUI computes (reForge passes the block's attn_precision along; Forge Classic has none).
     """
     if flavour() == FORGE:
         from backend.attention import attention_function as forge_attention
         return lambda q, k, v, heads, options: forge_attention(q, k, v, heads)
     from ldm_patched.ldm.modules import attention as reforge
+    if "attn_precision" not in inspect.signature(reforge.optimized_attention).parameters:
+        # Forge Classic (early 2025): its attention takes no precision, and its CrossAttention passes none
+        return lambda q, k, v, heads, options: reforge.optimized_attention(q, k, v, heads)
     return lambda q, k, v, heads, options: reforge.optimized_attention(
         q, k, v, heads, attn_precision=options.get("attn_precision"))
 
