@@ -11,13 +11,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib_omost.attention.refdrop import (COND, UNCOND, ReferenceBudgetError, ReferenceFileError,
+from lib_omost.attention.refdrop import (COND, UNCOND, KVEntry, ReferenceBudgetError, ReferenceFileError,
                                          ReferenceSaveError, ReferenceStore, load_reference, read_reference_info,
                                          save_reference)
 
 C = 8
 META = {"format": "sd-forge-omost.refdrop.v1", "model_family": "sd15", "steps": "2", "resolution": "64x64",
         "kv_width": json.dumps({"input:1:0": C})}
+META_V2 = {**META, "format": "sd-forge-omost.refdrop.v2"}
+FORMS = ("kv", "input", "input8")        # format v1 (K and V), v2 16-bit and 8-bit attention input
 
 
 def entry(step=0, layer="input:1:0", branch="cond", which="k"):
@@ -29,11 +31,15 @@ def good_tensors(rows=1, tokens=4, width=C, dtype=torch.float16):
             for s in (0, 1) for w in ("k", "v")}
 
 
-def valid_file(path) -> str:
-    store = ReferenceStore(keep_uncond=True)
+def valid_file(path, form="kv") -> str:
+    """A reference of format v1 (K/V entries, as the code before format v2 wrote them) or v2 (16/8-bit inputs)."""
+    store = ReferenceStore(keep_uncond=True, compact=form == "input8")
     for step in (0, 1):
-        for branch in (COND, UNCOND):
-            store.put(step, "input:1:0", branch, torch.randn(1, 4, C), torch.randn(1, 4, C))
+        if form == "kv":
+            for branch in (COND, UNCOND):
+                store.put(step, "input:1:0", branch, KVEntry(torch.randn(1, 4, C).half(), torch.randn(1, 4, C).half()))
+        else:
+            store.record(step, "input:1:0", torch.randn(2, 4, C), cond_rows=[0], uncond_rows=[1])
     save_reference(store, str(path), model_family="sd15", resolution=(64, 64), steps=2)
     return str(path)
 
@@ -148,9 +154,9 @@ BAD_TENSORS = {
     "integers": ({entry(0, which=w): torch.zeros(1, 4, C, dtype=torch.int32) for w in "kv"}, "has dtype I32"),
     "not an entry": (with_entry("weights", torch.zeros(1)), "tensor 'weights' is not a RefDrop entry"),
     "not k or v": (with_entry(entry(0, which="q"), torch.zeros(1, 4, C, dtype=torch.float16)), "is not a RefDrop entry"),
-    "k without v": ({entry(0): torch.zeros(1, 4, C, dtype=torch.float16)}, "needs k and v tensors of one shape"),
+    "k without v": ({entry(0): torch.zeros(1, 4, C, dtype=torch.float16)}, "holds k, not k+v with one token"),
     "k and v differ": (with_entry(entry(0, which="v"), torch.zeros(1, 5, C, dtype=torch.float16)),
-                       "needs k and v tensors of one shape"),
+                       "holds k+v, not k+v with one token count"),
     "step past the end": (with_entry(entry(7), torch.zeros(1, 4, C, dtype=torch.float16)), "is for step 7"),
     "unlisted layer": (with_entry(entry(0, "output:9:0"), torch.zeros(1, 4, C, dtype=torch.float16)),
                        "does not list"),
@@ -183,16 +189,68 @@ def test_the_budget_is_checked_from_the_header_before_any_tensor_is_read(tmp_pat
     refused(promised, "is not a readable safetensors file")        # the header promises data the file lacks
 
 
-def test_a_valid_file_loads(tmp_path):
-    store, info = load_reference(valid_file(tmp_path / "ok.safetensors"))
+@pytest.mark.parametrize("form", FORMS)
+def test_a_valid_file_loads(tmp_path, form):
+    store, info = load_reference(valid_file(tmp_path / "ok.safetensors", form))
     assert info.steps == 2 and len(store.entries) == 4
-    assert all(k.shape == (1, 4, C) for k, _ in store.entries.values())
+    assert all(entry[0].shape == (1, 4, C) and entry.width == C for entry in store.entries.values())
+    assert {type(entry).__name__ for entry in store.entries.values()} == \
+        {"kv": {"KVEntry"}, "input": {"InputEntry"}, "input8": {"QuantizedInput"}}[form]
+
+
+def v2_tensors(parts: dict, step=0):
+    """A v2 file's tensors: step 0 and 1 of input:1:0 (cond), with ``parts`` of step ``step`` replaced."""
+    good = {entry(s, which="n"): torch.randn(1, 4, C).half() for s in (0, 1)}
+    good = {k: v for k, v in good.items() if not k.startswith(f"step{step:04d}/")}
+    return {**good, **{entry(step, which=part): tensor for part, tensor in parts.items()}}
+
+
+U8 = torch.zeros(1, 4, C, dtype=torch.uint8)
+SIDE = torch.ones(1, 1, C, dtype=torch.float16)
+BAD_V2 = {
+    "k and v in a v2 file": (v2_tensors({"k": torch.zeros(1, 4, C).half(), "v": torch.zeros(1, 4, C).half()}),
+                             "holds k+v, not n or codes+low+scale"),
+    "n and k": (v2_tensors({"n": torch.zeros(1, 4, C).half(), "k": torch.zeros(1, 4, C).half()}), "holds k+n"),
+    "codes without scale": (v2_tensors({"codes": U8, "low": SIDE}), "holds codes+low, not n or codes+low+scale"),
+    "codes and n": (v2_tensors({"codes": U8, "low": SIDE, "scale": SIDE.clone(), "n": torch.zeros(1, 4, C).half()}),
+                    "holds codes+low+n+scale"),
+    "codes as floats": (v2_tensors({"codes": U8.half(), "low": SIDE, "scale": SIDE.clone()}), "has dtype F16, not one of U8"),
+    "n as bytes": (v2_tensors({"n": U8}), "has dtype U8, not one of F16, BF16, F32"),
+    "scale per token": (v2_tensors({"codes": U8, "low": SIDE, "scale": torch.ones(1, 4, C).half()}),
+                        "has shape [1, 4, 8], not [1, 1, 8] (one value per channel)"),
+    "low of another width": (v2_tensors({"codes": U8, "low": torch.ones(1, 1, 3).half(), "scale": SIDE}),
+                             "has shape [1, 1, 3]"),
+    "codes of two rows": (v2_tensors({"codes": U8.repeat(2, 1, 1), "low": SIDE, "scale": SIDE.clone()}), "has shape [2, 4, 8]"),
+    "scale as bf16": (v2_tensors({"codes": U8, "low": SIDE, "scale": SIDE.bfloat16()}), "has dtype BF16, not one of F16, F32"),
+    "nan scale": (v2_tensors({"codes": U8, "low": SIDE, "scale": SIDE * float("nan")}, step=1), "holds NaN or infinite"),
+    "infinite n": (v2_tensors({"n": torch.full((1, 4, C), float("inf")).half()}), "holds NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_V2))
+def test_crafted_v2_entries_are_refused(tmp_path, case):
+    tensors, match = BAD_V2[case]
+    refused(write(tmp_path / "t.safetensors", tensors, META_V2), match)
+
+
+def test_an_input_entry_in_a_v1_file_is_refused(tmp_path):
+    refused(write(tmp_path / "t.safetensors", v2_tensors({})), "holds n, not k+v")
+
+
+def test_the_budget_counts_each_parts_bytes_from_the_header(tmp_path):
+    path = valid_file(tmp_path / "q.safetensors", "input8")
+    needed = 4 * (4 * C + 2 * 2 * C)        # four entries: uint8 codes, fp16 offset and step per channel
+    store, _ = load_reference(path, budget_bytes=needed)
+    assert store.nbytes == needed
+    with pytest.raises(ReferenceBudgetError, match="above the memory budget"):
+        load_reference(path, budget_bytes=needed - 1)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_damage_to_a_valid_file_is_refused_or_loads_usable_entries(tmp_path, data):
-    whole = bytearray(open(valid_file(tmp_path / "fuzz.safetensors"), "rb").read())
+    form = data.draw(st.sampled_from(FORMS), label="form")
+    whole = bytearray(open(valid_file(tmp_path / "fuzz.safetensors", form), "rb").read())
     cut = data.draw(st.integers(0, len(whole)), label="length")
     damaged = whole[:cut]
     for _ in range(data.draw(st.integers(0, 6), label="edits")):
@@ -205,17 +263,21 @@ def test_any_damage_to_a_valid_file_is_refused_or_loads_usable_entries(tmp_path,
     except (ReferenceFileError, ReferenceBudgetError) as e:
         assert len(str(e)) < 400
         return
-    for (step, layer, _), (k, v) in store.entries.items():
-        assert k.shape == v.shape and k.dim() == 3 and k.shape[0] == 1 and k.shape[1] >= 1
-        assert k.shape[2] == info.widths[layer] and 0 <= step < info.steps
-        assert torch.isfinite(k).all() and torch.isfinite(v).all()
+    for (step, layer, _), found in store.entries.items():
+        first = found[0]                            # k, n or codes: [1, tokens, width]
+        assert first.dim() == 3 and first.shape[0] == 1 and first.shape[1] >= 1
+        assert first.shape[2] == found.width == info.widths[layer] and 0 <= step < info.steps
+        assert all(t.shape in (first.shape, (1, 1, first.shape[2])) for t in found)
+        assert all(torch.isfinite(t.float()).all() for t in found)
+        k, v = found.kv("cpu", torch.float32, lambda n: (n, n))     # usable: K/V of the layer's shape
+        assert k.shape == v.shape == first.shape
 
 
 # --- writing ----------------------------------------------------------------------------------------------------
 
 def test_a_folder_that_cannot_be_written_is_a_save_error_and_leaves_nothing(tmp_path):
     store = ReferenceStore()
-    store.put(0, "input:1:0", COND, torch.randn(1, 4, C), torch.randn(1, 4, C))
+    store.record(0, "input:1:0", torch.randn(1, 4, C), [0])
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
     for path in (blocker / "refs" / "r.safetensors", blocker / "r.safetensors"):

@@ -162,9 +162,9 @@ def test_batch_two_stores_the_first_images_cond_row_and_keep_uncond_the_negative
     batch, _ = stored(refs, "batch")
     both, _ = stored(refs, "both")
     assert keys_of(batch) == keys_of(single)
-    for key, (k, v) in batch.entries.items():             # image 0 of the batch has the single run's seed
-        assert k.shape[0] == 1
-        torch.testing.assert_close(k, single.entries[key][0], **FP16)
+    for key, (n,) in batch.entries.items():               # image 0 of the batch has the single run's seed
+        assert n.shape[0] == 1
+        torch.testing.assert_close(n, single.entries[key].n, **FP16)
     assert {branch for _, _, branch in both.entries} == {"cond", "uncond"}
     assert len(both.entries) == 2 * len(single.entries)
     # the "uncond" row is the negative prompt's: at step 0 (same noise) it equals the cond row of a run
@@ -434,7 +434,7 @@ def test_the_budget_estimate_is_exactly_what_is_stored(ui, refs, monkeypatch):
     from lib_omost.forge import refdrop_run
     save(ui, "probe", steps=2, keep_uncond=True)
     probe, _ = stored(refs, "probe")
-    needed = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in probe.entries.values())
+    needed = sum(n.numel() * n.element_size() for (n,) in probe.entries.values())
     assert needed == probe.nbytes
     monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: needed)
     assert note(save(ui, "fits", steps=2, keep_uncond=True)) == "" and (refs / "fits.safetensors").exists()
@@ -571,13 +571,20 @@ def test_the_ui_help_shows_the_index_tables_of_both_families():
 
 # --- the stage's per-step device cache ------------------------------------------------------------------------
 
-def test_stage_moves_references_once_per_step_and_gives_the_same_result():
+def test_stage_projects_references_once_per_step_and_gives_the_same_result():
     torch.manual_seed(0)
     layer = LayerKey("input", 1, 0)
     store = ReferenceStore(keep_uncond=True)
     for step in range(2):
-        store.record(step, layer, torch.randn(2, 6, 8), torch.randn(2, 6, 8), [1], [0])
-    stage = refdrop.RefDropStage(refdrop.USE, {layer}, store, lambda sigma: int(sigma), 2, 0.3)
+        store.record(step, layer, torch.randn(2, 6, 8), [1], [0])
+    w_k, w_v = (torch.randn(8, 8, dtype=torch.float64) for _ in range(2))
+    projected = []
+
+    def project(n):                                   # the layer's own to_k / to_v
+        projected.append(n.dtype)
+        return n @ w_k, n @ w_v
+    stage = refdrop.RefDropStage(refdrop.USE, {layer}, store, lambda sigma: int(sigma), 2, 0.3,
+                                 projections={layer: project})
 
     def inner(q, k, v, call):
         return refdrop_attention(q, k, v, None, None, call.heads, 0.0)
@@ -586,19 +593,18 @@ def test_stage_moves_references_once_per_step_and_gives_the_same_result():
         batch = len(rows[0]) + len(rows[1])
         call = AttnCall(layer, 2, (2, 2), (2, 2), rows[0], rows[1], torch.tensor([float(step)]))
         out = stage(q[:batch], k[:batch], v[:batch], call, inner)
-        k_ref, v_ref = store.for_rows(step, layer, rows[0], rows[1], batch)
+        k_ref, v_ref = store.for_rows(step, layer, rows[0], rows[1], batch,
+                                      lambda entry: (entry.n.double() @ w_k, entry.n.double() @ w_v))
         assert torch.equal(out, refdrop_attention(q[:batch], k[:batch], v[:batch], k_ref, v_ref, 2, 0.3))
-        moved = stage.step_references(step, layer, q)
-        assert {key[0] for key in moved.entries} == {step}                   # the previous step is dropped
-        assert all(x.dtype == torch.float64 for pair in moved.entries.values() for x in pair)
-    first = stage.step_references(1, layer, q).entries[(1, "input:1:0", "cond")][0]
-    assert stage.step_references(1, layer, q).entries[(1, "input:1:0", "cond")][0] is first   # moved once
+        assert stage._step_kv[0] == step                                     # the previous step is dropped
+    # cond and uncond of step 0 once each (the split calls reuse them), then those of step 1; in the call dtype
+    assert projected == [torch.float64] * 4
 
 
 def test_stage_outside_the_schedule_stops_with_a_problem_instead_of_raising():
     layer = LayerKey("input", 1, 0)
     store = ReferenceStore()
-    store.record(0, layer, torch.randn(1, 4, 8), torch.randn(1, 4, 8), [0])
+    store.record(0, layer, torch.randn(1, 4, 8), [0])
 
     def step_of(sigma):
         raise ValueError("sigma above the schedule")

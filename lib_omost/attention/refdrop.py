@@ -8,9 +8,16 @@ step::
 blended before ``to_out`` (equivalent: ``to_out`` is affine). c > 0 pulls towards the reference, c < 0
 pushes away from it.
 
+What is stored: the attention input that K and V are computed from (``n``, the normed hidden states of
+attn1; one tensor where K and V are two), and K/V are recomputed at use through the layer's own ``to_k`` /
+``to_v``. An ``InputEntry`` holds it in fp16 (0.25x the public ports' layout of fp16 K and V of the cond and
+uncond rows), a ``QuantizedInput`` in 8 bits per value with a per-channel offset and step (0.125x plus the
+offsets and steps). ``KVEntry`` (K and V themselves) is what reference files of format v1 hold; they keep
+loading and working.
+
 Bookkeeping: a reference is keyed by ``(step index, layer label, "cond" | "uncond")``. Steps are counted from
 the sampler's sigma schedule (``step_index``). By default only the cond row of the first image is stored,
-fp16 on the CPU; a stored reference (one row) is broadcast to every row of a later batch with ``expand``;
+on the CPU; a stored reference (one row) is broadcast to every row of a later batch with ``expand``;
 it is never regrouped. Rows of the negative prompt use the "uncond" entry when one was stored and the cond
 entry otherwise (``ReferenceStore.reference``). The token count may differ from the image's (another
 resolution); the K/V width must match (same model family), else ``ReferenceMismatchError``.
@@ -26,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import NamedTuple
 
 import torch
 
@@ -36,10 +44,12 @@ from .plan import LayerKey
 
 COND, UNCOND = "cond", "uncond"
 BRANCHES = (COND, UNCOND)
-REFERENCE_FORMAT = "sd-forge-omost.refdrop.v1"
+REFERENCE_FORMAT_V1 = "sd-forge-omost.refdrop.v1"     # K and V (KVEntry)
+REFERENCE_FORMAT = "sd-forge-omost.refdrop.v2"        # the attention input (InputEntry / QuantizedInput)
 MIB = 1024 * 1024
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Projection = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]     # n -> (to_k(n), to_v(n))
 
 
 class ReferenceMismatchError(ValueError):
@@ -178,10 +188,29 @@ def attn1_layers(family: str, latent_hw: tuple[int, int]) -> list[tuple[LayerKey
     return layers
 
 
-def reference_bytes(layers: Iterable[tuple[object, int, int]], steps: int, rows: int = 1,
-                    itemsize: int = 2) -> int:
-    """Bytes of K and V for ``steps`` steps and ``rows`` stored rows per key over ``(layer, tokens, width)``."""
-    return steps * rows * sum(2 * tokens * width * itemsize for _, tokens, width in layers)
+KV16, INPUT16, INPUT8 = "kv16", "input16", "input8"
+
+
+def entry_bytes(form: str, tokens: int, width: int) -> int:
+    """Bytes of one stored row: fp16 K and V (``KV16``, the public ports' and format v1's layout), the fp16
+    attention input (``INPUT16``), or its 8-bit codes with an fp16 offset and step per channel (``INPUT8``)."""
+    if form == KV16:
+        return 2 * tokens * width * 2
+    if form == INPUT16:
+        return tokens * width * 2
+    if form == INPUT8:
+        return tokens * width + 2 * width * 2
+    raise ValueError(f"unknown reference form {form!r}; one of {KV16}, {INPUT16}, {INPUT8}")
+
+
+def reference_bytes(layers: Iterable[tuple[object, int, int]], steps: int, rows: int = 1, form: str = KV16) -> int:
+    """Bytes for ``steps`` steps and ``rows`` stored rows per key over ``(layer, tokens, width)`` in a form."""
+    return steps * rows * sum(entry_bytes(form, tokens, width) for _, tokens, width in layers)
+
+
+def public_layout_bytes(layers: Iterable[tuple[object, int, int]], steps: int) -> int:
+    """The public RefDrop ports' layout: fp16 K and V of the cond and the uncond row, every step and layer."""
+    return reference_bytes(layers, steps, rows=2, form=KV16)
 
 
 # ------------------------------------------------------------------------------------------- storage
@@ -203,56 +232,154 @@ def _check_branch(branch: str) -> str:
     return branch
 
 
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _projected(project: Projection | None, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if project is None:
+        raise ReferenceMismatchError("this layer's K/V projections are unknown, so a reference of its attention "
+                                     "input cannot be used there")
+    return project(n)
+
+
+class KVEntry(NamedTuple):
+    """One row's K and V as the layer projected them (``[1, tokens, width]`` each): reference format v1."""
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return self.k.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self)
+
+    def kv(self, device, dtype, project: Projection | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k.to(device, dtype), self.v.to(device, dtype)
+
+
+class InputEntry(NamedTuple):
+    """One row of the attention input that K and V are computed from (``[1, tokens, width]``)."""
+    n: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return self.n.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self)
+
+    def kv(self, device, dtype, project: Projection | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V through the layer's own projections, computed in ``dtype`` on ``device``."""
+        return _projected(project, self.n.to(device, dtype))
+
+
+class QuantizedInput(NamedTuple):
+    """The attention input in 8 bits per value: ``n ~ low + codes * scale`` per channel (``low`` and ``scale``
+    ``[1, 1, width]``, ``codes`` uint8 ``[1, tokens, width]``); each value is off by at most ``scale / 2``."""
+    codes: torch.Tensor
+    low: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return self.codes.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self)
+
+    def dequantized(self, device, dtype) -> torch.Tensor:
+        low, scale = (x.to(device, torch.float32) for x in (self.low, self.scale))
+        return torch.addcmul(low, self.codes.to(device).to(torch.float32), scale).to(dtype)
+
+    def kv(self, device, dtype, project: Projection | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return _projected(project, self.dequantized(device, dtype))
+
+
+Entry = KVEntry | InputEntry | QuantizedInput
+ENTRY_TYPES = (KVEntry, InputEntry, QuantizedInput)
+FP16_MAX = 65504.0
+
+
+def quantize_input(n: torch.Tensor) -> QuantizedInput:
+    """8-bit codes per channel over the tokens of ``n`` ``[rows, tokens, width]`` (computed where ``n`` is,
+    returned on the CPU). Offset and step are fp16 (fp32 when a value is beyond fp16's range); the codes are
+    computed against the rounded offset and step, so the error bound ``scale / 2`` holds for what is stored."""
+    x = n.detach().to(torch.float32)
+    low, high = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+    side = torch.float16 if bool(torch.maximum(low.abs(), high.abs()).amax() < FP16_MAX / 2) else torch.float32
+    low = low.to(side)
+    scale = ((high - low.float()) / 255).to(side)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))       # a constant channel: every code 0
+    codes = ((x - low.float()) / scale.float()).round_().clamp_(0, 255).to(torch.uint8)
+    return QuantizedInput(codes.cpu(), low.cpu(), scale.cpu())
+
+
 @dataclass
 class ReferenceStore:
-    """K/V references keyed by ``(step, layer label, branch)``, stored in ``dtype`` on the CPU.
+    """References keyed by ``(step, layer label, branch)`` on the CPU, each an ``Entry``.
 
-    ``budget_bytes`` (None = unlimited) bounds the total; a store that would exceed it raises
+    Recording keeps the attention input: fp16 ``InputEntry`` (``dtype``), or ``QuantizedInput`` when
+    ``compact``. ``budget_bytes`` (None = unlimited) bounds the total; a store that would exceed it raises
     ``ReferenceBudgetError`` naming the budget and what to change. The first call recorded for a key wins
     (later calls of the same step, e.g. a second-order sampler's, are ignored).
     """
     budget_bytes: int | None = None
     dtype: torch.dtype = torch.float16
     keep_uncond: bool = False
+    compact: bool = False
     entries: dict = field(default_factory=dict)
     nbytes: int = 0
 
-    def put(self, step: int, layer, branch: str, k: torch.Tensor, v: torch.Tensor) -> bool:
-        """Store one entry (``[rows, L, C]`` each); False when the key already holds one."""
+    def put(self, step: int, layer, branch: str, entry: Entry) -> bool:
+        """Store one entry (one row); False when the key already holds one."""
         key = (int(step), layer_label(layer), _check_branch(branch))
         if key in self.entries:
             return False
-        if k.dim() != 3 or k.shape != v.shape:
-            raise ValueError(f"k and v must be equal [rows, tokens, width] tensors, got {tuple(k.shape)} and "
-                             f"{tuple(v.shape)}")
-        size = 2 * k.numel() * torch.empty((), dtype=self.dtype).element_size()
+        if not isinstance(entry, ENTRY_TYPES):
+            raise TypeError(f"a reference entry is one of {', '.join(t.__name__ for t in ENTRY_TYPES)}, "
+                            f"got {type(entry).__name__}")
+        size = entry.nbytes
         if self.budget_bytes is not None and self.nbytes + size > self.budget_bytes:
             raise ReferenceBudgetError(
                 f"RefDrop: storing step {key[0]} layer {key[1]} ({key[2]}) needs {size / MIB:.1f} MiB more, "
                 f"which would bring the reference to {(self.nbytes + size) / MIB:.1f} MiB, above the memory "
                 f"budget of {self.budget_bytes / MIB:.1f} MiB. Raise the RefDrop memory budget, lower the "
                 f"save percentage, disable layer groups, or save at a smaller resolution.")
-        # always a private copy: a slice of the model's batch would keep the whole batch tensor alive
-        self.entries[key] = tuple(torch.empty(x.shape, dtype=self.dtype).copy_(x.detach()) for x in (k, v))
+        self.entries[key] = entry
         self.nbytes += size
         return True
 
-    def record(self, step: int, layer, k: torch.Tensor, v: torch.Tensor, cond_rows: Sequence[int],
+    def encode(self, row: torch.Tensor) -> Entry:
+        """One row (``[1, tokens, width]``) of the attention input as this store keeps it, a private CPU copy
+        (a slice of the model's batch would keep the whole batch tensor alive)."""
+        if row.dim() != 3 or row.shape[0] != 1:
+            raise ValueError(f"a recorded row must be [1, tokens, width], got {tuple(row.shape)}")
+        if self.compact:
+            return quantize_input(row)
+        return InputEntry(torch.empty(row.shape, dtype=self.dtype).copy_(row.detach()))
+
+    def record(self, step: int, layer, x: torch.Tensor, cond_rows: Sequence[int],
                uncond_rows: Sequence[int] = ()) -> list[str]:
-        """Record one attn1 call: the first cond row (the first image), and the first uncond row when
-        ``keep_uncond``. Returns the branches stored by this call."""
+        """Record one attn1 call's input ``x`` (``[batch, tokens, width]``): the first cond row (the first
+        image), and the first uncond row when ``keep_uncond``. Returns the branches stored by this call."""
         stored = []
         for branch, rows in ((COND, cond_rows), (UNCOND, uncond_rows if self.keep_uncond else ())):
-            if rows:
+            key = (int(step), layer_label(layer), branch)
+            if rows and key not in self.entries:
                 row = int(rows[0])
-                if self.put(step, layer, branch, k[row:row + 1], v[row:row + 1]):
+                if self.put(step, layer, branch, self.encode(x[row:row + 1])):
                     stored.append(branch)
         return stored
 
-    def get(self, step: int, layer, branch: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def get(self, step: int, layer, branch: str) -> Entry | None:
         return self.entries.get((int(step), layer_label(layer), _check_branch(branch)))
 
-    def reference(self, step: int, layer, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference(self, step: int, layer, branch: str) -> Entry:
         """The entry for a branch; an uncond row without its own entry uses the cond one. Raises
         ``MissingReferenceError`` when neither exists."""
         found = self.get(step, layer, branch) or (self.get(step, layer, COND) if branch == UNCOND else None)
@@ -262,23 +389,25 @@ class ReferenceStore:
                                         f"another save percentage or other layers")
         return found
 
-    def for_rows(self, step: int, layer, cond_rows: Sequence[int], uncond_rows: Sequence[int],
-                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference K/V for a whole call: ``[1, L, C]`` when every row uses the same entry (broadcast),
-        else ``[batch, L, C]`` with each row's branch entry. Rows in neither list use the cond entry."""
+    def for_rows(self, step: int, layer, cond_rows: Sequence[int], uncond_rows: Sequence[int], batch: int,
+                 kv_of: Callable[[Entry], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference K/V for a whole call, each entry turned into K/V by ``kv_of``: ``[1, L, C]`` when every
+        row uses the same entry (broadcast), else ``[batch, L, C]`` with each row's branch entry. Rows in
+        neither list use the cond entry."""
         uncond = {int(r) for r in uncond_rows}
         ref_c = self.reference(step, layer, COND) if len(uncond) < batch else None
         ref_u = self.reference(step, layer, UNCOND) if uncond else None
         if ref_c is None or ref_u is None or ref_u is ref_c:
-            return ref_c or ref_u
-        if ref_u[0].shape != ref_c[0].shape:
+            return kv_of(ref_c or ref_u)
+        kv_c, kv_u = kv_of(ref_c), kv_of(ref_u)
+        if kv_u[0].shape != kv_c[0].shape:
             raise ValueError(f"cond and uncond references of step {step} layer {layer_label(layer)} differ "
                              f"in shape")
-        pick = [ref_u if r in uncond else ref_c for r in range(batch)]
+        pick = [kv_u if r in uncond else kv_c for r in range(batch)]
         return torch.cat([p[0] for p in pick]), torch.cat([p[1] for p in pick])
 
     def widths(self) -> dict[str, int]:
-        return {layer: k.shape[-1] for (_, layer, _), (k, _) in sorted(self.entries.items())}
+        return {layer: entry.width for (_, layer, _), entry in sorted(self.entries.items())}
 
     def steps(self) -> list[int]:
         return sorted({step for step, _, _ in self.entries})
@@ -292,7 +421,7 @@ class ReferenceInfo:
     model_family: str
     steps: int
     resolution: tuple[int, int]       # (width, height) in pixels
-    widths: dict                      # layer label -> K/V width
+    widths: dict                      # layer label -> K/V width (the attention input's width: the same in SD)
 
 
 def _entry_label(step: int, layer: str, branch: str) -> str:
@@ -305,9 +434,15 @@ def _tensor_name(step: int, layer: str, branch: str, which: str) -> str:
 
 _LAYER_LABEL = r"(?:input|middle|output):[0-9]{1,4}:[0-9]{1,4}"
 _LAYER = re.compile(_LAYER_LABEL)
-_ENTRY_NAME = re.compile(rf"step([0-9]{{1,6}})/({_LAYER_LABEL})/(cond|uncond)/(k|v)")
+_ENTRY_NAME = re.compile(rf"step([0-9]{{1,6}})/({_LAYER_LABEL})/(cond|uncond)/(k|v|n|codes|low|scale)")
 _RESOLUTION = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
 FILE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "U8": 1}
+# the entry types each format holds, and the dtypes of each part
+FORMAT_ENTRIES = {REFERENCE_FORMAT_V1: (KVEntry,), REFERENCE_FORMAT: (InputEntry, QuantizedInput)}
+_PART_DTYPES = {"k": FILE_DTYPES, "v": FILE_DTYPES, "n": FILE_DTYPES, "codes": {"U8": torch.uint8},
+                "low": {"F16": torch.float16, "F32": torch.float32},
+                "scale": {"F16": torch.float16, "F32": torch.float32}}
 MODEL_FAMILIES = ("sd15", "sd2", "sdxl")
 MAX_STEPS = 10_000                  # steps and image sides a reference file may state
 MAX_SIDE = 65_536
@@ -347,12 +482,18 @@ def _whole_number(name: str, key: str, text, low: int, high: int) -> int:
     return int(text)
 
 
+def reference_format(meta: dict | None, name: str) -> str:
+    """The file's format (v1: K/V, v2: the attention input); ReferenceFileError for anything else."""
+    found = (meta or {}).get("format")
+    if found not in FORMAT_ENTRIES:
+        raise ReferenceFileError(f"{name} is not a RefDrop reference file (format {quoted(found)}, expected "
+                                 f"{' or '.join(map(repr, FORMAT_ENTRIES))})")
+    return found
+
+
 def reference_info(meta: dict | None, name: str) -> ReferenceInfo:
     """The ReferenceInfo of a reference file's metadata (every key checked, each message naming the key)."""
-    meta = meta or {}
-    if meta.get("format") != REFERENCE_FORMAT:
-        raise ReferenceFileError(f"{name} is not a RefDrop reference file (format {quoted(meta.get('format'))}, "
-                                 f"expected {REFERENCE_FORMAT!r})")
+    reference_format(meta, name)
     missing = [key for key in ("model_family", "steps", "resolution", "kv_width") if key not in meta]
     if missing:
         raise ReferenceFileError(f"{name}: its metadata lacks {', '.join(map(repr, missing))}; save the reference "
@@ -380,41 +521,53 @@ def _kv_widths(name: str, text: str) -> dict:
     return widths
 
 
-def _entry_shapes(f, info: ReferenceInfo, name: str) -> dict:
-    """{(step, layer, branch): (shape, dtype name)} of a file's tensors, read from its header alone: every
-    name a reference entry, k and v present with equal shapes [1, tokens >= 1, the layer's kv_width], a
-    float dtype, steps below the file's step count, layers exactly those of kv_width."""
+def _entry_shapes(f, info: ReferenceInfo, entry_types: tuple, name: str) -> dict:
+    """{(step, layer, branch): (entry type, {part: (shape, dtype name)})} of a file's tensors, read from its
+    header alone: every name a reference entry, each entry's parts exactly those of one entry type the
+    file's format holds, shapes [1, tokens >= 1, the layer's kv_width] ([1, 1, width] for an offset and
+    step) with one token count per entry, dtypes those of the part, steps below the file's step count,
+    layers exactly those of kv_width."""
     found: dict = {}
     for tensor in f.keys():
         match = _ENTRY_NAME.fullmatch(tensor)
         if match is None:
+            parts = "|".join(p for t in entry_types for p in t._fields)
             raise ReferenceFileError(f"{name}: tensor {quoted(tensor)} is not a RefDrop entry "
-                                     "(stepNNNN/block:number:index/cond|uncond/k|v); save the reference again")
-        step, layer, branch, which = int(match.group(1)), match.group(2), match.group(3), match.group(4)
+                                     f"(stepNNNN/block:number:index/cond|uncond/{parts}); save the reference again")
+        step, layer, branch, part = int(match.group(1)), match.group(2), match.group(3), match.group(4)
         piece = f.get_slice(tensor)
         shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
-        problem = _entry_problem(shape, dtype, step, info.steps, info.widths.get(layer))
+        problem = _part_problem(part, shape, dtype, step, info.steps, info.widths.get(layer))
         if problem:
             raise ReferenceFileError(f"{name}: tensor {tensor!r} {problem}; save the reference again")
-        found.setdefault((step, layer, branch), {})[which] = (shape, dtype)
-    for key, pair in found.items():
-        if set(pair) != {"k", "v"} or pair["k"] != pair["v"]:
-            raise ReferenceFileError(f"{name}: entry {_entry_label(*key)} needs k and v tensors of one "
-                                     "shape and dtype; save the reference again")
+        found.setdefault((step, layer, branch), {})[part] = (shape, dtype)
+    typed = {}
+    for key, parts in found.items():
+        kind = next((t for t in entry_types if set(t._fields) == set(parts)), None)
+        tokens = {shape[1] for part, (shape, _) in parts.items() if part not in ("low", "scale")}
+        if kind is None or len(tokens) != 1 or (kind is KVEntry and parts["k"][1] != parts["v"][1]):
+            forms = " or ".join("+".join(t._fields) for t in entry_types)
+            raise ReferenceFileError(f"{name}: entry {_entry_label(*key)} holds {'+'.join(sorted(parts))}, not "
+                                     f"{forms} with one token count (and k, v of one dtype); save the reference again")
+        typed[key] = (kind, parts)
     layers = {layer for _, layer, _ in found}
     if layers != set(info.widths):
         raise ReferenceFileError(f"{name}: its tensors cover {len(layers)} layers but its kv_width metadata lists "
                                  f"{len(info.widths)}; save the reference again")
-    return {key: pair["k"] for key, pair in found.items()}
+    return typed
 
 
-def _entry_problem(shape: tuple, dtype: str, step: int, steps: int, width: int | None) -> str | None:
+def _part_problem(part: str, shape: tuple, dtype: str, step: int, steps: int, width: int | None) -> str | None:
     if width is None:
         return "is for a layer its kv_width metadata does not list"
-    if dtype not in FILE_DTYPES:
-        return f"has dtype {dtype}, not one of {', '.join(FILE_DTYPES)}"
-    if len(shape) != 3 or shape[0] != 1 or shape[1] < 1 or shape[2] != width:
-        return f"has shape {list(shape)}, not [1, tokens, {width}] (one row, the layer's K/V width)"
+    allowed = _PART_DTYPES[part]
+    if dtype not in allowed:
+        return f"has dtype {dtype}, not one of {', '.join(allowed)}"
+    per_channel = part in ("low", "scale")
+    if len(shape) != 3 or shape[0] != 1 or shape[1] < 1 or (per_channel and shape[1] != 1) or shape[2] != width:
+        expected = f"[1, 1, {width}] (one value per channel)" if per_channel else \
+            f"[1, tokens, {width}] (one row, the layer's K/V width)"
+        return f"has shape {list(shape)}, not {expected}"
     if step >= steps:
         return f"is for step {step}, but the file says it holds {steps} steps"
     return None
@@ -422,12 +575,7 @@ def _entry_problem(shape: tuple, dtype: str, step: int, steps: int, width: int |
 
 def _all_finite(x: torch.Tensor) -> bool:
     """No NaN or infinity in ``x`` (amax propagates NaN; many times faster than isfinite(x).all() in fp16)."""
-    return bool(torch.isfinite(x.abs().amax()))
-
-
-def _stored_dtype(shapes: dict) -> torch.dtype:
-    dtypes = {dtype for _, dtype in shapes.values()}
-    return FILE_DTYPES[dtypes.pop()] if len(dtypes) == 1 else torch.float16
+    return not x.is_floating_point() or bool(torch.isfinite(x.abs().amax()))
 
 
 class ReferenceSaveError(OSError):
@@ -443,7 +591,8 @@ def save_reference(store: ReferenceStore, path: str, *, model_family: str, resol
     """Write the store to a safetensors file (atomically: a temporary file, then rename); returns bytes.
     ReferenceSaveError (with the reason) when it cannot be written; nothing is left behind then.
 
-    Tensor names encode the key (``step0003/input:4:0/cond/k``); metadata: format, model family, steps,
+    Tensor names encode the key and the entry's part (``step0003/input:4:0/cond/n``); metadata: format (v2
+    for attention inputs, v1 for a store of K/V entries, as loaded from an old file), model family, steps,
     resolution and the K/V width per layer.
     """
     from safetensors import SafetensorError
@@ -451,11 +600,13 @@ def save_reference(store: ReferenceStore, path: str, *, model_family: str, resol
 
     if not store.entries:
         raise ValueError("the RefDrop reference is empty: nothing was recorded (was Save active?)")
-    tensors = {}
-    for (step, layer, branch), (k, v) in store.entries.items():
-        tensors[_tensor_name(step, layer, branch, "k")] = k
-        tensors[_tensor_name(step, layer, branch, "v")] = v
-    metadata = {"format": REFERENCE_FORMAT, "model_family": model_family, "steps": str(int(steps)),
+    formats = {fmt for entry in store.entries.values() for fmt, types in FORMAT_ENTRIES.items()
+               if isinstance(entry, types)}
+    if len(formats) != 1:
+        raise ValueError("a RefDrop reference holds either K/V entries or attention inputs, not both")
+    tensors = {_tensor_name(*key, part): tensor for key, entry in store.entries.items()
+               for part, tensor in entry._asdict().items()}
+    metadata = {"format": formats.pop(), "model_family": model_family, "steps": str(int(steps)),
                 "resolution": f"{int(resolution[0])}x{int(resolution[1])}",
                 "kv_width": json.dumps(store.widths(), sort_keys=True)}
     tmp = f"{path}.tmp"
@@ -478,25 +629,27 @@ def read_reference_info(path: str) -> ReferenceInfo:
 
 
 def load_reference(path: str, *, budget_bytes: int | None = None) -> tuple[ReferenceStore, ReferenceInfo]:
-    """Read a reference file back into a store (same dtype as saved, CPU). Everything is checked before any
-    tensor is read (ReferenceFileError), including the memory budget (ReferenceBudgetError); values must be
-    finite."""
+    """Read a reference file (format v1: K/V; v2: the attention input, 16- or 8-bit) back into a store (same
+    dtypes as saved, CPU). Everything is checked before any tensor is read (ReferenceFileError), including
+    the memory budget (ReferenceBudgetError); values must be finite."""
     name = os.path.basename(path)
     with _reading(path) as f:
-        info = reference_info(f.metadata(), name)
-        shapes = _entry_shapes(f, info, name)
-        dtype = _stored_dtype(shapes)
-        needed = 2 * sum(math.prod(shape) for shape, _ in shapes.values()) * torch.empty((), dtype=dtype).element_size()
+        meta = f.metadata()
+        info = reference_info(meta, name)
+        entries = _entry_shapes(f, info, FORMAT_ENTRIES[reference_format(meta, name)], name)
+        needed = sum(math.prod(shape) * _ITEMSIZE[dtype] for _, parts in entries.values()
+                     for shape, dtype in parts.values())
         if budget_bytes is not None and needed > budget_bytes:
             raise ReferenceBudgetError(f"{name} needs {needed / MIB:.1f} MiB, above the memory budget of "
                                        f"{budget_bytes / MIB:.1f} MiB")
-        store = ReferenceStore(budget_bytes=budget_bytes, dtype=dtype)
-        for key in sorted(shapes):
-            k, v = (f.get_tensor(_tensor_name(*key, which)) for which in ("k", "v"))
-            if not (_all_finite(k) and _all_finite(v)):
+        store = ReferenceStore(budget_bytes=budget_bytes)
+        for key in sorted(entries):
+            kind = entries[key][0]
+            entry = kind(*(f.get_tensor(_tensor_name(*key, part)) for part in kind._fields))
+            if not all(_all_finite(t) for t in entry):
                 raise ReferenceFileError(f"{name}: entry {_entry_label(*key)} holds NaN or infinite "
                                          "values; save the reference again")
-            store.put(*key, k, v)
+            store.put(*key, entry)
     return store, info
 
 

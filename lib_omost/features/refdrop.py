@@ -1,7 +1,9 @@
 """RefDrop: the accordion's parameters, layer selection, and its Save / Use AttentionPlan stages.
 
-Save records the projected K/V of the first image's cond row (and uncond if asked) per
-(step, layer, cond/uncond) into a ``ReferenceStore``; Use blends a stored reference into self-attention:
+Save records the attention input that K and V are computed from (attn1's normed hidden states, an attn1
+patch before the projections) of the first image's cond row (and uncond if asked) per (step, layer,
+cond/uncond) into a ``ReferenceStore``, in fp16 or 8 bits; Use recomputes the reference's K/V through the
+layer's own ``to_k`` / ``to_v`` and blends it into self-attention:
 ``(1 - c) * Attn(q, k, v) + c * Attn(q, k_ref, v_ref)``, the outermost attn1 stage (it sees the image's
 own attention as composed by the stages inside it).
 
@@ -17,14 +19,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
-from lib_omost.attention.refdrop import (BRANCHES, MIB, MissingReferenceError, ReferenceBudgetError,
-                                         ReferenceMismatchError, ReferenceStore, attn1_layers, layer_label,
+from lib_omost.attention.refdrop import (INPUT8, INPUT16, MIB, MissingReferenceError, Projection,
+                                         ReferenceBudgetError, ReferenceMismatchError, ReferenceStore, attn1_layers,
                                          reference_bytes, refdrop_attention)
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, TEXT, Feature, Param
 from lib_omost.quoting import quoted
 
 SAVE, USE = "Save", "Use"
+BITS16, BITS8 = "16-bit", "8-bit"
 GROUPS = ("input", "middle", "output")
 
 FEATURE = Feature("refdrop", "RefDrop", (
@@ -45,6 +48,9 @@ FEATURE = Feature("refdrop", "RefDrop", (
           help="Save records only the first pass; Use blends in the hires pass too when on."),
     Param("keep_uncond", "Store negative rows too", BOOL, False, xyz=False, when=(("mode", (SAVE,)),),
           help="Save the negative prompt's K/V too (twice the memory); otherwise it uses the positive ones."),
+    Param("precision", "Reference precision", CHOICE, BITS16, choices=(BITS16, BITS8), xyz=False,
+          when=(("mode", (SAVE,)),),
+          help="8-bit: half the size of 16-bit, with a small error in the reference's attention output."),
 ))
 
 _RANGE = re.compile(r"\s*(input|middle|output)\s*:\s*([0-9]{1,9})\s*(?:-\s*([0-9]{1,9}))?\s*")
@@ -127,10 +133,12 @@ def saved_steps(steps: int, save_percent: float) -> int:
     return min(steps, max(1, -(-int(round(steps * save_percent)) // 100)))
 
 
-def save_bytes(info: ModelInfo, layers, latent_hw: tuple[int, int], steps: int, rows: int) -> int:
-    """Bytes a Save of ``steps`` steps on ``layers`` stores at a latent size (fp16, ``rows`` rows per key)."""
+def save_bytes(info: ModelInfo, layers, latent_hw: tuple[int, int], steps: int, rows: int,
+               precision: str = BITS16) -> int:
+    """Bytes a Save of ``steps`` steps on ``layers`` stores at a latent size (``rows`` rows per key)."""
     tokens = {layer: count for layer, count, _ in attn1_layers(info.family, latent_hw)}
-    return reference_bytes([(layer, tokens[layer], info.layers[layer]) for layer in layers], steps, rows)
+    return reference_bytes([(layer, tokens[layer], info.layers[layer]) for layer in layers], steps, rows,
+                           INPUT8 if precision == BITS8 else INPUT16)
 
 
 def format_mib(nbytes: float) -> str:
@@ -149,7 +157,11 @@ def check_save_budget(needed: int, budget: int, setting: str) -> None:
 
 @dataclass
 class RefDropStage:
-    """Save or Use on the selected layers. ``step_of(sigma) -> int`` comes from the pass's schedule."""
+    """Save or Use on the selected layers. ``step_of(sigma) -> int`` comes from the pass's schedule.
+
+    Save is a pre-projection stage (``patch``: it records the input K and V are computed from); Use is an
+    attention stage (``__call__``) that needs ``projections[layer](n) -> (k, v)``, the layer's own to_k/to_v.
+    """
     mode: str
     layers: set
     store: ReferenceStore
@@ -157,6 +169,7 @@ class RefDropStage:
     steps_limit: int
     coefficient: float = 0.0
     reference: str = ""                                 # the reference's name, for messages
+    projections: dict = field(default_factory=dict)     # Use: LayerKey -> Projection
     problems: list = field(default_factory=list)       # filled at run time; reported in the infotext
     steps_without_reference: set = field(default_factory=set)   # Use: sampled steps the reference lacks
     name: str = "RefDrop"
@@ -167,23 +180,21 @@ class RefDropStage:
     def __post_init__(self) -> None:
         # Use blends only on the steps the reference holds (e.g. it was saved with a lower save percentage)
         self.reference_steps = frozenset(self.store.steps()) if self.mode == USE else None
-        self._on_device: tuple | None = None     # (step, device, dtype, ReferenceStore of that step's moved entries)
+        self._step_kv: tuple = (None, None, None, {})    # (step, device, dtype, {id(entry): (entry, (k, v))})
 
-    def step_references(self, step: int, layer: LayerKey, like) -> ReferenceStore:
-        """The store's entries of (step, layer) on ``like``'s device and dtype, moved once per step and layer.
+    def step_kv(self, step: int, layer: LayerKey, entry, like) -> tuple:
+        """An entry's K/V on ``like``'s device and dtype, computed once per step and layer.
 
         Every call of a step (cond and uncond in split calls, a second-order sampler's extra calls) reuses
-        them; the moved copies of the previous step are dropped when the step changes.
+        them; those of the previous step are dropped when the step changes.
         """
-        if self._on_device is None or self._on_device[:3] != (step, like.device, like.dtype):
-            self._on_device = (step, like.device, like.dtype, ReferenceStore(dtype=like.dtype))
-        moved = self._on_device[3]
-        for branch in BRANCHES:
-            key = (step, layer_label(layer), branch)
-            entry = self.store.get(step, layer, branch)
-            if entry is not None and key not in moved.entries:
-                moved.entries[key] = tuple(x.to(like.device, like.dtype) for x in entry)
-        return moved
+        if self._step_kv[:3] != (step, like.device, like.dtype):
+            self._step_kv = (step, like.device, like.dtype, {})
+        cache = self._step_kv[3]
+        if id(entry) not in cache:
+            project: Projection | None = self.projections.get(layer)
+            cache[id(entry)] = (entry, entry.kv(like.device, like.dtype, project))
+        return cache[id(entry)][1]
 
     def applies(self, layer: LayerKey) -> bool:
         return layer in self.layers
@@ -203,17 +214,23 @@ class RefDropStage:
             return False
         return True
 
+    def patch(self, n, context, value, call: AttnCall):
+        """Save: record the input of K (``context``: ``n`` itself in self-attention), unchanged."""
+        if value is not context:
+            self.problems.append(f"at {call.layer.label()} another extension gives attn1 a V input that is not its "
+                                 "K input, which a reference of one input cannot reproduce")
+            return n, context, value
+        try:
+            self.store.record(self.step_of(call.sigma), call.layer, context, call.cond_rows, call.uncond_rows)
+        except ReferenceBudgetError as e:
+            self.problems.append(str(e))  # stops recording; the runner then writes no partial reference
+        return n, context, value
+
     def __call__(self, q, k, v, call: AttnCall, inner):
         step = self.step_of(call.sigma)
-        if self.mode == SAVE:
-            try:
-                self.store.record(step, call.layer, k, v, call.cond_rows, call.uncond_rows)
-            except ReferenceBudgetError as e:
-                self.problems.append(str(e))  # stops recording; the runner then writes no partial reference
-            return inner(q, k, v, call)
         try:
-            k_ref, v_ref = self.step_references(step, call.layer, q).for_rows(step, call.layer, call.cond_rows,
-                                                                              call.uncond_rows, q.shape[0])
+            k_ref, v_ref = self.store.for_rows(step, call.layer, call.cond_rows, call.uncond_rows, q.shape[0],
+                                               lambda entry: self.step_kv(step, call.layer, entry, q))
             return refdrop_attention(q, k, v, k_ref, v_ref, call.heads, self.coefficient,
                                      inner=lambda q_, k_, v_: inner(q_, k_, v_, call))
         except (MissingReferenceError, ReferenceMismatchError) as e:

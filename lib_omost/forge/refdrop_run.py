@@ -19,7 +19,7 @@ from lib_omost.features import refdrop
 from lib_omost.forge.generation import (add_note, did_not_run, loaded_model_info, read_values, report_problem,
                                        write_infotext)
 from lib_omost.forge.plan_install import apply_feature
-from lib_omost.forge.webui import schedule_sigmas
+from lib_omost.forge.webui import attn1_projections, schedule_sigmas
 from lib_omost.quoting import quoted
 
 log = logging.getLogger("sd-forge-omost")
@@ -182,10 +182,11 @@ def run_refdrop(p, args, **_sampling) -> None:
                 return
             if job is None:         # the first batch
                 budget, rows = budget_bytes(), 2 if values["keep_uncond"] else 1
-                refdrop.check_save_budget(refdrop.save_bytes(info, layers, latent_size(p), limit, rows), budget,
-                                          BUDGET_SETTING)
+                refdrop.check_save_budget(refdrop.save_bytes(info, layers, latent_size(p), limit, rows,
+                                                             values["precision"]), budget, BUDGET_SETTING)
                 job = SaveJob(values["reference"], info.family, steps,
-                              ReferenceStore(budget_bytes=budget, keep_uncond=values["keep_uncond"]))
+                              ReferenceStore(budget_bytes=budget, keep_uncond=values["keep_uncond"],
+                                             compact=values["precision"] == refdrop.BITS8))
                 setattr(p, SAVE_ATTR, job)
             stage = refdrop.RefDropStage(refdrop.SAVE, layers, job.store, step_of, limit)
         else:
@@ -202,13 +203,16 @@ def run_refdrop(p, args, **_sampling) -> None:
                                            f"{refdrop.layer_ranges(layers - held, info.layers)}; they run "
                                            f"without RefDrop")
             stage = refdrop.RefDropStage(refdrop.USE, held, store, step_of, limit, values["coefficient"],
-                                         reference=name)
+                                         reference=name, projections=attn1_projections(p.sd_model.forge_objects.unet))
     except (ValueError, OSError, ReferenceMismatchError, ReferenceBudgetError) as e:
         did_not_run(p, feature, str(e))
         return
     write_infotext(p, feature, values)
     setattr(p, STAGES_ATTR, [*getattr(p, STAGES_ATTR, []), stage])
-    apply_feature(p, feature.key, info, [stage])
+    if stage.mode == refdrop.SAVE:
+        apply_feature(p, feature.key, info, pre_stages=[stage])
+    else:
+        apply_feature(p, feature.key, info, [stage])
 
 
 def report_batch(p) -> None:

@@ -91,20 +91,28 @@ def model_sampling(unet):
     return getattr(unet, "object_patches", {}).get("model_sampling", unet.model.model_sampling)
 
 
-def attention_layers(unet) -> dict[LayerKey, int]:
-    """Every transformer block of the UNet with its channel count, in forward order."""
+def _transformer_blocks(unet):
+    """(LayerKey, its SpatialTransformer, the BasicTransformerBlock) of every transformer block, in forward order."""
     dm = _diffusion_model(unet)
-    layers: dict[LayerKey, int] = {}
     groups = [("input", list(dm.input_blocks)), ("middle", [dm.middle_block]), ("output", list(dm.output_blocks))]
     for block, modules in groups:
         for number, module in enumerate(modules):
             for layer in module:
-                blocks = getattr(layer, "transformer_blocks", None)
-                if blocks is None:
-                    continue
-                for index in range(len(blocks)):
-                    layers[LayerKey(block, number, index)] = int(layer.in_channels)
-    return layers
+                for index, transformer in enumerate(getattr(layer, "transformer_blocks", ())):
+                    yield LayerKey(block, number, index), layer, transformer
+
+
+def attention_layers(unet) -> dict[LayerKey, int]:
+    """Every transformer block of the UNet with its channel count, in forward order."""
+    return {key: int(spatial.in_channels) for key, spatial, _ in _transformer_blocks(unet)}
+
+
+def attn1_projections(unet) -> dict:
+    """{LayerKey: n -> (to_k(n), to_v(n))} through each block's own attn1 modules (the model's weights as
+    patched for this generation, e.g. with LoRAs, and the WebUI's own casting of them)."""
+    def projection(attn):
+        return lambda n: (attn.to_k(n), attn.to_v(n))
+    return {key: projection(block.attn1) for key, _, block in _transformer_blocks(unet)}
 
 
 def model_info(sd_model, unet) -> ModelInfo:
