@@ -305,6 +305,12 @@ ENTRY_TYPES = (KVEntry, InputEntry, QuantizedInput)
 FP16_MAX = 65504.0
 
 
+def _rounded(x: torch.Tensor, dtype: torch.dtype, towards: float, too_far) -> torch.Tensor:
+    """``x`` in ``dtype``, moved one step ``towards`` where ``too_far(rounded)`` (nearest rounding went past)."""
+    rounded = x.to(dtype)
+    return torch.where(too_far(rounded), torch.nextafter(rounded, torch.full_like(rounded, towards)), rounded)
+
+
 def quantize_input(n: torch.Tensor) -> QuantizedInput:
     """8-bit codes per channel over the tokens of ``n`` ``[rows, tokens, width]`` (computed where ``n`` is,
     returned on the CPU). Offset and step are fp16 (fp32 when a value is beyond fp16's range); the codes are
@@ -312,8 +318,11 @@ def quantize_input(n: torch.Tensor) -> QuantizedInput:
     x = n.detach().to(torch.float32)
     low, high = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
     side = torch.float16 if bool(torch.maximum(low.abs(), high.abs()).amax() < FP16_MAX / 2) else torch.float32
-    low = low.to(side)
-    scale = ((high - low.float()) / 255).to(side)
+    # the offset rounded down and the step up, so that [low, low + 255 * scale] still holds every value
+    exact_low = low
+    low = _rounded(low, side, -math.inf, lambda r: r.float() > exact_low)
+    scale = (high - low.float()) / 255
+    scale = _rounded(scale, side, math.inf, lambda s: low.float() + 255 * s.float() < high)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))       # a constant channel: every code 0
     codes = ((x - low.float()) / scale.float()).round_().clamp_(0, 255).to(torch.uint8)
     return QuantizedInput(codes.cpu(), low.cpu(), scale.cpu())
