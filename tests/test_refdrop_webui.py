@@ -118,6 +118,50 @@ def test_save_survives_a_restart_and_use_reproduces_the_saved_image(ui, refs):
     assert 0 < error <= 2e-3 * saved.latents.abs().max()
 
 
+def test_a_format_v1_file_of_k_and_v_keeps_working_and_matches_the_input_reference(ui, refs):
+    """A reference file as the code before format v2 wrote it (K and V of each layer, fp16) is used as before;
+    its image matches that of the same reference stored as attention inputs (fp16 tolerance)."""
+    from lib_omost.attention.refdrop import REFERENCE_FORMAT_V1, KVEntry, read_reference_info
+    from lib_omost.forge.webui import attn1_projections
+    save(ui, "inputs", steps=2, keep_uncond=True)
+    inputs, info = stored(refs, "inputs")
+    projections = attn1_projections(harness.unet_patcher())
+    old = ReferenceStore()
+    with torch.no_grad():
+        for (step, label, branch), (n,) in inputs.entries.items():
+            block, number, index = label.split(":")
+            k, v = projections[LayerKey(block, int(number), int(index))](n.float())
+            old.put(step, label, branch, KVEntry(k.half(), v.half()))
+    save_reference(old, str(refs / "kv.safetensors"), model_family="sd15", resolution=info.resolution, steps=2)
+    with open(refs / "kv.safetensors", "rb") as f:
+        assert REFERENCE_FORMAT_V1.encode() in f.read(4096)
+    assert read_reference_info(str(refs / "kv.safetensors")).widths == info.widths
+    other = {"prompt": "a dog", "seed": 3, "steps": 2}
+    from_inputs, from_kv = use(ui, "inputs", c=0.5, **other), use(ui, "kv", c=0.5, **other)
+    assert note(from_inputs) == note(from_kv) == ""
+    moved = (from_kv.latents - gen(ui, **other).latents).abs().max()
+    assert moved > 0                                                # measured: 0.1% of the blend's effect
+    assert (from_kv.latents - from_inputs.latents).abs().max() <= 0.005 * moved
+
+
+def test_an_8_bit_reference_is_half_the_size_and_close_to_the_16_bit_one(ui, refs):
+    from lib_omost.attention.refdrop import INPUT8, INPUT16, entry_bytes
+    save(ui, "wide", steps=2)
+    saved = save(ui, "narrow", steps=2, precision="8-bit")
+    assert ui.pasted_values(refdrop.FEATURE, saved.infotexts[0])["precision"] == "8-bit"
+    wide, _ = stored(refs, "wide")
+    narrow, _ = stored(refs, "narrow")
+    assert keys_of(wide) == keys_of(narrow)
+    assert {type(e).__name__ for e in narrow.entries.values()} == {"QuantizedInput"}
+    shapes = [(e.n.shape[1], e.width) for e in wide.entries.values()]
+    assert wide.nbytes == sum(entry_bytes(INPUT16, *shape) for shape in shapes)
+    assert narrow.nbytes == sum(entry_bytes(INPUT8, *shape) for shape in shapes)   # codes + offsets and steps
+    other = {"prompt": "a dog", "seed": 3, "steps": 2}
+    off = gen(ui, **other).latents
+    a, b = use(ui, "wide", c=0.5, **other).latents, use(ui, "narrow", c=0.5, **other).latents
+    assert (a - b).abs().max() <= 0.02 * (a - off).abs().max()      # the 8-bit error (measured 0.4% of the blend)
+
+
 def test_positive_and_negative_coefficients_move_the_image_in_opposite_directions(ui, refs):
     save(ui, keep_uncond=True, steps=1)
     other = {"prompt": "a dog", "seed": 2, "steps": 1}
