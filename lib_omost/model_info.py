@@ -33,6 +33,13 @@ class ModelInfo:
         """channels / model_channels of a layer (1, 2, 4 ...)."""
         return self.layers[layer] / self.model_channels
 
+    _timesteps: dict = field(default_factory=dict, repr=False, compare=False)
+
     def timestep(self, sigma: float) -> float:
-        import torch
-        return float(self.sigma_to_timestep(torch.tensor([float(sigma)])).reshape(-1)[0])
+        """The model timestep of a sigma, computed once per sigma (the model's tables may be on the GPU,
+        and attention stages ask on every call)."""
+        sigma = float(sigma)
+        if sigma not in self._timesteps:
+            import torch
+            self._timesteps[sigma] = float(self.sigma_to_timestep(torch.tensor([sigma])).reshape(-1)[0])
+        return self._timesteps[sigma]

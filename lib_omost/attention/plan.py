@@ -56,10 +56,38 @@ class AttnCall:
     sigmas: torch.Tensor | None         # per-image sigma of this call ([images])
     step: int | None = None             # sampling step index, when the plan knows the schedule
     options: dict[str, Any] = field(default_factory=dict)   # the WebUI's raw extra_options (read only)
+    host_sigma: float | None = None     # the largest sigma as a Python float (read from the device once)
 
     @property
     def sigma(self) -> float | None:
-        return None if self.sigmas is None or self.sigmas.numel() == 0 else float(self.sigmas.max())
+        if self.host_sigma is None:
+            self.host_sigma = HostSigma.read(self.sigmas)
+        return self.host_sigma
+
+
+class HostSigma:
+    """The largest sigma of a call as a Python float, read from the device once per UNet forward.
+
+    Every attention call and block patch of one UNet forward carries the same ``sigmas`` tensor (on the
+    GPU, reading it synchronises with the device): the value is read when a new tensor (or an in-place
+    change of it) is seen, and reused for every later call. ``reads`` counts the reads.
+    """
+
+    def __init__(self) -> None:
+        self._seen: tuple | None = None      # (tensor, its version, value)
+        self.reads = 0
+
+    @staticmethod
+    def read(sigmas: torch.Tensor | None) -> float | None:
+        return None if sigmas is None or sigmas.numel() == 0 else float(sigmas.max())
+
+    def __call__(self, sigmas: torch.Tensor | None) -> float | None:
+        if sigmas is None:
+            return None
+        if self._seen is None or self._seen[0] is not sigmas or self._seen[1] != sigmas._version:
+            self._seen = (sigmas, sigmas._version, self.read(sigmas))
+            self.reads += 1
+        return self._seen[2]
 
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnCall], torch.Tensor]

@@ -23,7 +23,7 @@ import torch
 
 from lib_omost.attention.mswmsa import LAYERS as MSW_LAYERS
 from lib_omost.attention.mswmsa import draw_shift, msw_msa_attention
-from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
+from lib_omost.attention.plan import ATTN1, AttnCall, HostSigma, LayerKey
 from lib_omost.features.slothful import PATTERN_GROUP, layer_seed
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, INT, Feature, Param
@@ -151,13 +151,8 @@ def resolve(values: dict, family: str, width: int, height: int) -> Settings:
                     "RAU-Net, CA and MSW-MSA are all off")
 
 
-def _sigma(transformer_options: dict) -> float | None:
-    sigmas = transformer_options.get("sigmas")
-    return None if sigmas is None else float(sigmas.max())
-
-
-def _active(transformer_options: dict, window: tuple[float, float]) -> bool:
-    sigma = _sigma(transformer_options)
+def _active(transformer_options: dict, window: tuple[float, float], sigma_of: HostSigma) -> bool:
+    sigma = sigma_of(transformer_options.get("sigmas"))
     return sigma is not None and in_sigma_window(sigma, *window)
 
 
@@ -193,6 +188,7 @@ def percent_windows(info: ModelInfo):
 def block_patches(settings: Settings, info: ModelInfo, to_sigma=None) -> BlockPatches:
     to_sigma = to_sigma or percent_windows(info)
     patches = BlockPatches()
+    sigma_of = HostSigma()          # one device read per UNet forward, shared by the patches
     if settings.raunet:
         block_in, block_out = settings.raunet
         window = to_sigma(settings.raunet_window)
@@ -201,12 +197,12 @@ def block_patches(settings: Settings, info: ModelInfo, to_sigma=None) -> BlockPa
             if not _block_is(transformer_options, "input", block_in - 1):
                 return h
             transformer_options[SKIP_HW] = tuple(h.shape[-2:])
-            return keep_even(h) if _active(transformer_options, window) else h
+            return keep_even(h) if _active(transformer_options, window, sigma_of) else h
         patches.input_block_patch_after_skip.append(keep_even_before_downsample)
 
         if settings.upscale_mode != "nearest":
             def resize_before_upsample(h, transformer_options):
-                if _block_is(transformer_options, "output", block_out) and _active(transformer_options, window):
+                if _block_is(transformer_options, "output", block_out) and _active(transformer_options, window, sigma_of):
                     return resize_to(h, transformer_options[SKIP_HW], settings.upscale_mode)
                 return h
             patches.upsample_before.append(resize_before_upsample)
@@ -216,7 +212,7 @@ def block_patches(settings: Settings, info: ModelInfo, to_sigma=None) -> BlockPa
         ca_window = to_sigma(settings.ca_window)
 
         def ca_pool(h, transformer_options):
-            if _block_is(transformer_options, "input", ca_in) and _active(transformer_options, ca_window):
+            if _block_is(transformer_options, "input", ca_in) and _active(transformer_options, ca_window, sigma_of):
                 return ca_downsample(h, settings.ca_factor, settings.ca_downscale_mode)
             return h
 

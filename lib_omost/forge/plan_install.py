@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from lib_omost.attention.core import layer_hw
-from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, AttnCall, LayerKey
+from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, AttnCall, HostSigma, LayerKey
 from lib_omost.model_info import ModelInfo
 
 PATCH_NAMES = {ATTN1: "attn1_patch", ATTN2: "attn2_patch"}
@@ -43,8 +43,10 @@ def layer_key(options: dict) -> LayerKey:
     return LayerKey(block[0], int(block[1]), int(options.get("block_index", 0)))
 
 
-def make_call(q: torch.Tensor, options: dict, layer: LayerKey, step_of: Callable | None = None) -> AttnCall:
-    """The flavour-independent description of one attention call."""
+def make_call(q: torch.Tensor, options: dict, layer: LayerKey, step_of: Callable | None = None,
+              sigma_of: HostSigma | None = None) -> AttnCall:
+    """The flavour-independent description of one attention call (``sigma_of``: the install's shared reader
+    of the forward's sigma, so that the device is read once per forward, not once per layer)."""
     shape = options.get("original_shape")
     latent_hw = (int(shape[-2]), int(shape[-1])) if shape is not None else (q.shape[1], 1)
     cond, uncond = cond_uncond_rows(options, q.shape[0])
@@ -52,7 +54,7 @@ def make_call(q: torch.Tensor, options: dict, layer: LayerKey, step_of: Callable
     return AttnCall(layer=layer, heads=int(options["n_heads"]), hw=layer_hw(latent_hw, q.shape[1]),
                     latent_hw=latent_hw, cond_rows=cond, uncond_rows=uncond, sigmas=sigmas,
                     step=step_of(sigmas) if step_of is not None and sigmas is not None else None,
-                    options=options)
+                    options=options, host_sigma=sigma_of(sigmas) if sigma_of is not None else None)
 
 
 PLAN_KEY = "omost_attention_plan"   # where the pass's plan lives in model_options (survives clone())
@@ -77,14 +79,14 @@ def _inner(info: ModelInfo, foreign) -> Callable:
     return lambda q, k, v, call: attention(q, k, v, call.heads, call.options)
 
 
-def _replace(fn, layer: LayerKey, step_of, foreign):
+def _replace(fn, layer: LayerKey, step_of, foreign, sigma_of: HostSigma):
     def replace(q, k, v, extra_options):
-        return fn(q, k, v, make_call(q, extra_options, layer, step_of))
+        return fn(q, k, v, make_call(q, extra_options, layer, step_of, sigma_of))
     setattr(replace, FOREIGN_ATTR, foreign)
     return replace
 
 
-def _pre_projection_patch(plan: AttentionPlan, target: str, step_of):
+def _pre_projection_patch(plan: AttentionPlan, target: str, step_of, sigma_of: HostSigma):
     def patch(n, context, value, extra_options):
         block = extra_options.get("block")
         if block is None:
@@ -92,7 +94,8 @@ def _pre_projection_patch(plan: AttentionPlan, target: str, step_of):
         layer = layer_key(extra_options)
         if not plan.pre_stages_for(target, layer):
             return n, context, value
-        return plan.pre_projection(target, layer, n, context, value, make_call(n, extra_options, layer, step_of))
+        return plan.pre_projection(target, layer, n, context, value,
+                                   make_call(n, extra_options, layer, step_of, sigma_of))
     setattr(patch, OUR_PATCH_ATTR, True)
     return patch
 
@@ -123,6 +126,7 @@ def install_plan(unet, plan: AttentionPlan, info: ModelInfo, step_of: Callable |
     unet.model_options[PLAN_KEY] = plan
     _drop_our_patches(unet.model_options)
     installed = []
+    sigma_of = HostSigma()
     for target in (ATTN1, ATTN2):
         setter = unet.set_model_attn1_replace if target == ATTN1 else unet.set_model_attn2_replace
         for layer in info.layers:
@@ -131,11 +135,11 @@ def install_plan(unet, plan: AttentionPlan, info: ModelInfo, step_of: Callable |
             if fn is None:
                 _restore_foreign(unet.model_options, target, layer, foreign)
                 continue
-            setter(_replace(fn, layer, step_of, foreign), layer.block, layer.number, layer.index)
+            setter(_replace(fn, layer, step_of, foreign, sigma_of), layer.block, layer.number, layer.index)
             installed.append(layer)
         if any(plan.pre_stages_for(target, layer) for layer in info.layers):
             patch_setter = unet.set_model_attn1_patch if target == ATTN1 else unet.set_model_attn2_patch
-            patch_setter(_pre_projection_patch(plan, target, step_of))
+            patch_setter(_pre_projection_patch(plan, target, step_of, sigma_of))
     return installed
 
 
