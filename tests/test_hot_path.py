@@ -44,8 +44,9 @@ class ProbeStage:
         return n, context, value
 
 
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
 @pytest.mark.parametrize("flavour", harness.FLAVOURS)
-def test_one_read_of_the_sigma_per_unet_forward(flavour):
+def test_one_read_of_the_sigma_per_unet_forward(flavour, grad_mode):
     with harness.use_flavour(flavour):
         from lib_omost.forge.webui import model_info
         sd_model = harness.make_sd_model("sd15")
@@ -58,9 +59,9 @@ def test_one_read_of_the_sigma_per_unet_forward(flavour):
         context = torch.randn(2, 77, 16)                                  # the toy SD1.5 context width
         for forward in range(2):
             CountingTensor.reads = 0
-            sigmas = torch.tensor([3.0, 3.0]).as_subclass(CountingTensor)
-            options = {**unet.model_options["transformer_options"], "sigmas": sigmas, "cond_or_uncond": [1, 0]}
-            with torch.no_grad():
+            with grad_mode():           # the WebUIs sample under no_grad or inference_mode
+                sigmas = torch.tensor([3.0, 3.0]).as_subclass(CountingTensor)
+                options = {**unet.model_options["transformer_options"], "sigmas": sigmas, "cond_or_uncond": [1, 0]}
                 dm(torch.randn(2, 4, 8, 8), timesteps=torch.tensor([500.0, 500.0]), context=context,
                    transformer_options=options)
             assert CountingTensor.reads == 1, forward                 # not once per layer and stage

@@ -84,8 +84,9 @@ class HostSigma:
     def __call__(self, sigmas: torch.Tensor | None) -> float | None:
         if sigmas is None:
             return None
-        if self._seen is None or self._seen[0] is not sigmas or self._seen[1] != sigmas._version:
-            self._seen = (sigmas, sigmas._version, self.read(sigmas))
+        version = None if sigmas.is_inference() else sigmas._version     # inference tensors have no counter
+        if self._seen is None or self._seen[0] is not sigmas or self._seen[1] != version:
+            self._seen = (sigmas, version, self.read(sigmas))
             self.reads += 1
         return self._seen[2]
 
