@@ -20,8 +20,8 @@ takes a couple of minutes on 2 cores: 256 x 256, 64 channels, transformer depth 
 * Prediction blending: the conds it makes (``blend_parts``: the whole canvas text and each region's) in one
   batch with the uncond, the masked average of their predictions, vs off (154-token prompt): target
   <= (regions + 1) x 1.05.
-* HiDiffusion (the preset for the size, with MSW-MSA) at the large size vs plain at that size, at a sigma
-  inside every window: printed (the paper reports 1.58x faster at 2048 x 2048).
+* HiDiffusion (the preset Auto picks at 2048 x 2048, "high": RAU-Net and CA, with MSW-MSA) at the large size
+  vs plain at that size, at a sigma inside every window: printed (the paper reports 1.58x faster at 2048 x 2048).
 * RefDrop Use (c = 0.3, every self-attention layer, the reference's K/V computed through each layer's
   to_k / to_v once per step) vs off: target <= 1.3. Save vs off as context.
 
@@ -220,7 +220,9 @@ def hidiffusion_cases(bench, size):
     x = bench.randn(2, 4, latent, latent)
     y = bench.randn(2, SDXL["adm_in_channels"])
     prompt = bench.randn(2, REGION_TOKENS, SDXL["context_dim"])
-    values = {**hidiffusion.FEATURE.defaults(), "msw_msa": True}
+    # the preset Auto picks for SDXL at 2048 x 2048 ("high": RAU-Net and CA), whatever the bench size
+    values = {**hidiffusion.FEATURE.defaults(), "msw_msa": True,
+              "resolution": hidiffusion.auto_resolution("sdxl", 2048, 2048)}
     settings = hidiffusion.resolve(values, "sdxl", size, size)
     p = bench.p()
     install_block_patches(p, hidiffusion.block_patches(settings, bench.info))

@@ -236,6 +236,11 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+# shared by the entry types: the first part is [1, tokens, width]; bytes of all parts
+_WIDTH = property(lambda entry: entry[0].shape[-1], doc="the layer's width")
+_NBYTES = property(lambda entry: _nbytes(entry), doc="bytes of every part")
+
+
 def _projected(project: Projection | None, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if project is None:
         raise ReferenceMismatchError("this layer's K/V projections are unknown, so a reference of its attention "
@@ -248,13 +253,8 @@ class KVEntry(NamedTuple):
     k: torch.Tensor
     v: torch.Tensor
 
-    @property
-    def width(self) -> int:
-        return self.k.shape[-1]
-
-    @property
-    def nbytes(self) -> int:
-        return _nbytes(self)
+    width = _WIDTH
+    nbytes = _NBYTES
 
     def kv(self, device, dtype, project: Projection | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k.to(device, dtype), self.v.to(device, dtype)
@@ -264,13 +264,8 @@ class InputEntry(NamedTuple):
     """One row of the attention input that K and V are computed from (``[1, tokens, width]``)."""
     n: torch.Tensor
 
-    @property
-    def width(self) -> int:
-        return self.n.shape[-1]
-
-    @property
-    def nbytes(self) -> int:
-        return _nbytes(self)
+    width = _WIDTH
+    nbytes = _NBYTES
 
     def kv(self, device, dtype, project: Projection | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V through the layer's own projections, computed in ``dtype`` on ``device``."""
@@ -284,13 +279,8 @@ class QuantizedInput(NamedTuple):
     low: torch.Tensor
     scale: torch.Tensor
 
-    @property
-    def width(self) -> int:
-        return self.codes.shape[-1]
-
-    @property
-    def nbytes(self) -> int:
-        return _nbytes(self)
+    width = _WIDTH
+    nbytes = _NBYTES
 
     def dequantized(self, device, dtype) -> torch.Tensor:
         low, scale = (x.to(device, torch.float32) for x in (self.low, self.scale))

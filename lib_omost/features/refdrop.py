@@ -47,7 +47,7 @@ FEATURE = Feature("refdrop", "RefDrop", (
     Param("hires_pass", "Apply in hires pass", BOOL, False, when=(("mode", (USE,)),),
           help="Save records only the first pass; Use blends in the hires pass too when on."),
     Param("keep_uncond", "Store negative rows too", BOOL, False, xyz=False, when=(("mode", (SAVE,)),),
-          help="Save the negative prompt's K/V too (twice the memory); otherwise it uses the positive ones."),
+          help="Save the negative prompt's rows too (twice the memory); otherwise it uses the positive ones."),
     Param("precision", "Reference precision", CHOICE, BITS16, choices=(BITS16, BITS8), xyz=False,
           when=(("mode", (SAVE,)),),
           help="8-bit: half the size of 16-bit, with a small error in the reference's attention output."),
