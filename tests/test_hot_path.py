@@ -88,3 +88,29 @@ def test_model_info_computes_each_sigmas_timestep_once():
     info = ModelInfo("sd15", 320, {}, lambda p: p, to_timestep, attention=None)
     assert [info.timestep(s) for s in (1.5, 1.5, 2.0, 1.5)] == [150.0, 150.0, 200.0, 150.0]
     assert asked == [1.5, 2.0]
+
+
+@pytest.mark.parametrize("method", ["Omost", "Attention couple", "Overlay", "DenseDiffusion"])
+def test_regional_layouts_are_built_once_per_layer_size_not_per_call(monkeypatch, method):
+    from lib_omost.attention.plan import AttnCall, LayerKey
+    from lib_omost.canvas.example import example_canvas
+    from lib_omost.features import omost
+    from lib_omost.model_info import ModelInfo
+    canvas = example_canvas()
+    count = 1 + len(canvas.regions)
+    regions = omost.token_regions([(r, 77) for r in range(count)])
+    built = []
+    for name in ("omost_layout", "couple_layout", "dense_cross_layout"):
+        original = getattr(omost, name)
+        monkeypatch.setattr(omost, name, lambda *a, _f=original, _n=name, **k: built.append(_n) or _f(*a, **k))
+    info = ModelInfo("sd15", 8, {}, lambda p: 1.0, lambda s: s * 100, attention=None)
+    stage = omost.RegionalStage(canvas, regions, method, 1.0, 0.0, info)
+    heads, width = 2, 8
+    for _ in range(3):                                           # three steps
+        for hw in ((8, 8), (4, 4), (8, 8)):                      # layers of two sizes
+            q = torch.randn(2, hw[0] * hw[1], width)
+            k, v = torch.randn(2, regions.shape[0], width), torch.randn(2, regions.shape[0], width)
+            call = AttnCall(LayerKey("input", 1, 0), heads, hw, (8, 8), [1], [0], torch.tensor([5.0, 5.0]))
+            out = stage(q, k, v, call, lambda *a: pytest.fail("the regional path must run"))
+            assert out.shape == q.shape
+    assert len(built) == 2                                       # one layout per layer size
