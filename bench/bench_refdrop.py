@@ -99,24 +99,25 @@ def use_mode_speed(device, dtype, repeats):
     to_k, to_v = (torch.nn.Linear(width, width, bias=False).to(device, dtype) for _ in range(2))
     store = ReferenceStore()
     store.record(0, LAYER, torch.randn(2, n, width, generator=g), cond_rows=[1])
-    steps = iter(range(10 ** 9))
-    stage = refdrop.RefDropStage(refdrop.USE, {LAYER}, store, lambda sigma: 0, 1, 0.5,
+    steps = repeats + 1
+    for step in range(1, steps):                  # every step holds the same entry (no copies)
+        store.put(step, LAYER, COND, store.get(0, LAYER, COND))
+    stage = refdrop.RefDropStage(refdrop.USE, {LAYER}, store, lambda sigma: int(sigma), steps, 0.5,
                                  projections={LAYER: lambda x: (to_k(x), to_v(x))})
-
-    def call():
-        return AttnCall(LAYER, heads, (64, 64), (64, 64), [1], [0], torch.tensor([1.0]))
+    step = iter(range(steps))
+    current = {"call": None}
 
     def inner(q_, k_, v_, _call):
         return attention(q_, k_, v_, heads)
 
     def use():
         """The first call of a step: the step's K/V of the reference are computed."""
-        stage._step_kv = (next(steps), None, None, {})      # as after a step change
-        return stage(q, k, v, call(), inner)
+        current["call"] = AttnCall(LAYER, heads, (64, 64), (64, 64), [1], [0], torch.tensor([float(next(step))]))
+        return stage(q, k, v, current["call"], inner)
 
     def use_again():
         """A later call of the same step: the step's K/V are reused."""
-        return stage(q, k, v, call(), inner)
+        return stage(q, k, v, current["call"], inner)
 
     cases = {"plain": lambda: attention(q, k, v, heads), "use": use, "use_again": use_again}
     with torch.inference_mode():
