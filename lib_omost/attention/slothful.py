@@ -11,7 +11,8 @@ Schedule (PATCHES.md, "Slothful attention"), for one attention call:
 The stride is a token-count ratio. It becomes a sampling grid: 1D modes use every ``ceil(stride)``-th
 token of the flattened sequence; 2D modes use every ``sy``-th row and ``sx``-th column of the h x w grid
 with ``sy = ceil(sqrt(stride))``, ``sx = ceil(stride / sy)``. A grid step never exceeds its axis length
-(a step of h or w keeps one row or column).
+(a step of h or w keeps one row or column); on a grid of fewer than ``sy`` rows, ``sx`` comes from the
+clamped row step (the original's rule).
 
 Two reduced sets come from one grid: ``one`` = the strided sample (the top-left token of every window)
 and ``pool`` = the avg or max of every window. Odd sizes: windows are aligned at the top-left and the
@@ -133,14 +134,17 @@ def grid_2d(stride: float) -> tuple[int, int]:
 def reduction_grid(hw: tuple[int, int], stride: float, mode: str) -> tuple[tuple[int, int], int, int]:
     """The grid a mode works on and its steps: ((gh, gw), sy, sx), steps clamped to the grid.
 
-    2D modes work on the (h, w) grid; 1D modes on the flattened sequence seen as a (1, h * w) grid.
+    2D modes work on the (h, w) grid; 1D modes on the flattened sequence seen as a (1, h * w) grid. On a
+    grid shorter than ceil(sqrt(stride)) rows the column step comes from the clamped row step,
+    sx = ceil(stride / min(sy, h)), as in the original: the reduction stays about ``stride``.
     """
     check_mode(mode)
     h, w = hw
     if mode.startswith("1D"):
         return (1, h * w), 1, min(grid_1d(stride), h * w)
-    sy, sx = grid_2d(stride)
-    return (h, w), min(sy, h), min(sx, w)
+    sy = min(grid_2d(stride)[0], h)
+    sx = max(1, math.ceil(stride / sy)) if stride > 1 else 1
+    return (h, w), sy, min(sx, w)
 
 
 # --- reductions -------------------------------------------------------------------------------------
