@@ -5,17 +5,13 @@ from pathlib import Path
 import pytest
 
 from lib_omost.canvas import Canvas, GlobalRegion, Region, ordered_regions, parse_answer
-from lib_omost.prompts import (
+from lib_omost.canvas.prompt_tree import RegionPrompt, canvas_prompts, global_prompt, local_prompt, normalize_prompt
+from lib_omost.prompt_chunks import (
     CHUNK_TOKENS,
-    RegionPrompt,
     canvas_chunks,
-    canvas_prompts,
     count_words,
     cut_to_tokens,
     fit_prefixes,
-    global_prompt,
-    local_prompt,
-    normalize_prompt,
     pack_bags,
     region_chunks,
 )

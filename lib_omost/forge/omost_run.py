@@ -18,7 +18,7 @@ from lib_omost.features import omost
 from lib_omost.forge import omost_start
 from lib_omost.forge.generation import did_not_run, loaded_model_info, read_values, report_problem
 from lib_omost.forge.plan_install import apply_feature
-from lib_omost.prompts import count_words
+from lib_omost.prompt_chunks import count_words
 
 log = logging.getLogger("sd-forge-omost")
 

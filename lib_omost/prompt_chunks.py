@@ -1,24 +1,20 @@
-"""Omost's prompt encoding, tokenizer-agnostic: the prompt tree of each region and the greedy sub-prompt
-bags that turn it into 75-token chunks.
-
-Prompt tree: the global region has prefixes [global description] and suffixes detailed_descriptions +
-[tags]; a local region has prefixes [global description, description] and suffixes detailed_descriptions +
-[tags, atmosphere, style, quality_meta]. Every string is normalised (leading/trailing ", . " stripped, one
-period appended); strings that normalise to nothing are dropped.
+"""Omost's prompt encoding, tokenizer-agnostic: the greedy sub-prompt bags that turn each region's prompt
+tree (``lib_omost.canvas.prompt_tree``) into 75-token chunks.
 
 Bags: each chunk holds the region's prefixes followed by one bag of whole suffixes, so every chunk is
 self-contained and at most 75 tokens (Omost's code; its README's example implies under 75). Suffixes are
-packed greedily in order; a suffix longer than the room left stands alone, cut to fit. A region's conditioning is its chunks concatenated. Token counts come from a pluggable counter
-(the WebUI's CLIP tokenizer; ``count_words`` here).
+packed greedily in order; a suffix longer than the room left stands alone, cut to fit. A region's
+conditioning is its chunks concatenated. Token counts come from a pluggable counter (the WebUI's CLIP
+tokenizer; ``count_words`` here).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
-from lib_omost.canvas.model import Canvas, GlobalRegion, Region, ordered_regions
+from lib_omost.canvas.model import Canvas
+from lib_omost.canvas.prompt_tree import RegionPrompt, canvas_prompts
 
 TokenCounter = Callable[[str], int]
 Cutter = Callable[[str, int, TokenCounter], str]
@@ -26,39 +22,7 @@ Cutter = Callable[[str, int, TokenCounter], str]
 CHUNK_TOKENS = 75  # CLIP's 77 minus the start and end tokens
 MAX_PREFIX_TOKENS = 50  # longer prefixes are cut, so every chunk keeps room for its suffixes
 
-_EDGES = re.compile(r"^[\s,.]+|[\s,.]+$")
 _WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
-
-
-def normalize_prompt(text: str) -> str:
-    """Strip leading/trailing commas, periods and spaces and end with one period ('' stays '')."""
-    core = _EDGES.sub("", text)
-    return core + "." if core else ""
-
-
-@dataclass(frozen=True)
-class RegionPrompt:
-    prefixes: tuple[str, ...]
-    suffixes: tuple[str, ...]
-
-
-def _normalized(texts: Iterable[str]) -> tuple[str, ...]:
-    return tuple(n for n in map(normalize_prompt, texts) if n)
-
-
-def global_prompt(g: GlobalRegion) -> RegionPrompt:
-    return RegionPrompt(_normalized([g.description]), _normalized([*g.detailed_descriptions, g.tags]))
-
-
-def local_prompt(g: GlobalRegion, r: Region) -> RegionPrompt:
-    return RegionPrompt(_normalized([g.description, r.description]),
-                        _normalized([*r.detailed_descriptions, r.tags, r.atmosphere, r.style, r.quality_meta]))
-
-
-def canvas_prompts(canvas: Canvas) -> list[RegionPrompt]:
-    """The prompt tree of every region: global first, then far to near (the order of region_masks)."""
-    g = canvas.global_region
-    return [global_prompt(g)] + [local_prompt(g, r) for r in ordered_regions(canvas)]
 
 
 # ---- token counting and cutting ----------------------------------------------------------------------
