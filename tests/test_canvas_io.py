@@ -226,3 +226,16 @@ def test_every_canvas_module_imports_first_in_a_fresh_interpreter(name):
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_editor_holds_the_python_colour_table():
+    """One table: the browser editor's copy is generated from lib_omost/canvas/_color_table.py."""
+    import re
+
+    from lib_omost.canvas import _color_table as table
+    source = (Path(__file__).resolve().parents[1] / table.JS_FILE).read_text(encoding="utf-8")
+    assert table.with_js_table(source) == source, "run write_js_table() after changing the Python table"
+    body = source[source.index(table.JS_BEGIN):source.index(table.JS_END)]
+    items = "".join(re.findall(r"'([^']*)'", body)).split()
+    assert [tuple(item.split(":")) for item in items] == [
+        (name, "%02x%02x%02x" % rgb) for name, rgb in HTML_COLORS.items()]
