@@ -2,8 +2,7 @@
 
 The WebUI keeps exactly one attention replacement per transformer-block key, so techniques that each
 install their own replacement overwrite each other. Here every technique contributes a *stage*; the
-plan composes the stages that apply to a layer into one function per key (and, for stages that need the
-hidden state before projection, one attn1/attn2 patch). A replacement that was installed before us
+plan composes the stages that apply to a layer into one function per key. A replacement that was installed before us
 (another extension) becomes the innermost attention function.
 
 Composition order on one layer (outermost first), by ``Stage.order``:
@@ -54,7 +53,6 @@ class AttnCall:
     cond_rows: list[int]                # rows of the batch that belong to a positive prompt
     uncond_rows: list[int]              # rows that belong to the negative prompt
     sigmas: torch.Tensor | None         # per-image sigma of this call ([images])
-    step: int | None = None             # sampling step index, when the plan knows the schedule
     options: dict[str, Any] = field(default_factory=dict)   # the WebUI's raw extra_options (read only)
 
     @property
@@ -63,7 +61,6 @@ class AttnCall:
 
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnCall], torch.Tensor]
-PatchFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnCall], tuple]
 
 
 class Stage(Protocol):
@@ -78,19 +75,6 @@ class Stage(Protocol):
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttnCall,
                  inner: AttnFn) -> torch.Tensor: ...
-
-
-class PreProjectionStage(Protocol):
-    """A stage that changes the hidden states before the q/k/v projections (an attn patch)."""
-    name: str
-    target: str
-    exclusive: str | None
-
-    def applies(self, layer: LayerKey) -> bool: ...
-    def active(self, call: AttnCall) -> bool: ...
-
-    def patch(self, n: torch.Tensor, context: torch.Tensor, value: torch.Tensor,
-              call: AttnCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def _guarded(stage, inner: AttnFn) -> AttnFn:
@@ -138,40 +122,30 @@ class AttentionPlan:
     and the plan (with the tensors its stages hold) must be shared, not duplicated.
     """
 
-    def __init__(self, by_feature: dict[str, tuple[tuple, tuple]] | None = None) -> None:
+    def __init__(self, by_feature: dict[str, tuple] | None = None) -> None:
         self.by_feature = dict(by_feature or {})
-        self.stages = [s for stages, _ in self.by_feature.values() for s in stages]
-        self.pre_stages = [s for _, pre in self.by_feature.values() for s in pre]
+        self.stages = [s for stages in self.by_feature.values() for s in stages]
 
-    def with_feature(self, key: str, stages: Sequence = (), pre_stages: Sequence = ()) -> "AttentionPlan":
+    def with_feature(self, key: str, stages: Sequence = ()) -> "AttentionPlan":
         by_feature = dict(self.by_feature)
         by_feature.pop(key, None)
-        if stages or pre_stages:
-            by_feature[key] = (tuple(stages), tuple(pre_stages))
+        if stages:
+            by_feature[key] = tuple(stages)
         return AttentionPlan(by_feature)
 
     def __deepcopy__(self, memo) -> "AttentionPlan":
         return self
 
     def __bool__(self) -> bool:
-        return bool(self.stages or self.pre_stages)
+        return bool(self.stages)
 
     def stages_for(self, target: str, layer: LayerKey) -> list:
         return [s for s in self.stages if s.target == target and s.applies(layer)]
-
-    def pre_stages_for(self, target: str, layer: LayerKey) -> list:
-        return [s for s in self.pre_stages if s.target == target and s.applies(layer)]
 
     def build(self, target: str, layer: LayerKey, inner: AttnFn) -> AttnFn | None:
         """The composed attention for one layer, or None when no stage applies there."""
         stages = self.stages_for(target, layer)
         return compose(stages, inner) if stages else None
-
-    def pre_projection(self, target: str, layer: LayerKey, n, context, value, call: AttnCall):
-        for stage in self.pre_stages_for(target, layer):
-            if stage.active(call):
-                n, context, value = stage.patch(n, context, value, call)
-        return n, context, value
 
     def report(self, layers: Sequence[LayerKey]) -> list[str]:
         """Human-readable lines: which stage runs on which layers, and every precedence decision."""
@@ -180,7 +154,7 @@ class AttentionPlan:
             by_stage: dict[str, list[str]] = {}
             conflicts: dict[str, list[str]] = {}
             for layer in layers:
-                stages = self.stages_for(target, layer) + self.pre_stages_for(target, layer)
+                stages = self.stages_for(target, layer)
                 for stage in stages:
                     by_stage.setdefault(stage.name, []).append(layer.label())
                 groups: dict[str, list] = {}

@@ -7,8 +7,7 @@ finds what it replaced; values are distinct, so no two mechanisms can mistake ea
 WRAPPER_ATTR = "omost_wrapper_chains_to"        # our model_function_wrapper: the wrapper it chains to (or None)
 MODIFIER_ATTR = "omost_conditioning_modifier"   # our conditioning modifier (prediction blending)
 FOREIGN_ATTR = "omost_replace_wraps"            # our attention replaces: the foreign replace each wraps (or None)
-OUR_PATCH_ATTR = "omost_plan_patch"             # our attn1 / attn2 patches of the attention plan
 PREVIOUS_ATTR = "omost_override_replaced"       # our scheduler override: the override it replaced (or None)
 OUR_BLOCK_ATTR = "omost_block_patch"            # our UNet block patches (HiDiffusion RAU-Net)
 
-ALL_MARKERS = (WRAPPER_ATTR, MODIFIER_ATTR, FOREIGN_ATTR, OUR_PATCH_ATTR, PREVIOUS_ATTR, OUR_BLOCK_ATTR)
+ALL_MARKERS = (WRAPPER_ATTR, MODIFIER_ATTR, FOREIGN_ATTR, PREVIOUS_ATTR, OUR_BLOCK_ATTR)

@@ -13,10 +13,8 @@ import torch
 
 from lib_omost.attention.core import layer_hw
 from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, AttnCall, LayerKey
-from lib_omost.forge.markers import FOREIGN_ATTR, OUR_PATCH_ATTR
+from lib_omost.forge.markers import FOREIGN_ATTR
 from lib_omost.model_info import ModelInfo
-
-PATCH_NAMES = {ATTN1: "attn1_patch", ATTN2: "attn2_patch"}
 
 
 def cond_uncond_rows(options: dict, batch: int) -> tuple[list[int], list[int]]:
@@ -39,21 +37,14 @@ def cond_uncond_rows(options: dict, batch: int) -> tuple[list[int], list[int]]:
     return cond, uncond
 
 
-def layer_key(options: dict) -> LayerKey:
-    block = options["block"]
-    return LayerKey(block[0], int(block[1]), int(options.get("block_index", 0)))
-
-
-def make_call(q: torch.Tensor, options: dict, layer: LayerKey, step_of: Callable | None = None) -> AttnCall:
+def make_call(q: torch.Tensor, options: dict, layer: LayerKey) -> AttnCall:
     """The flavour-independent description of one attention call."""
     shape = options.get("original_shape")
     latent_hw = (int(shape[-2]), int(shape[-1])) if shape is not None else (q.shape[1], 1)
     cond, uncond = cond_uncond_rows(options, q.shape[0])
     sigmas = options.get("sigmas")
     return AttnCall(layer=layer, heads=int(options["n_heads"]), hw=layer_hw(latent_hw, q.shape[1]),
-                    latent_hw=latent_hw, cond_rows=cond, uncond_rows=uncond, sigmas=sigmas,
-                    step=step_of(sigmas) if step_of is not None and sigmas is not None else None,
-                    options=options)
+                    latent_hw=latent_hw, cond_rows=cond, uncond_rows=uncond, sigmas=sigmas, options=options)
 
 
 PLAN_KEY = "omost_attention_plan"   # where the pass's plan lives in model_options (survives clone())
@@ -76,31 +67,11 @@ def _inner(info: ModelInfo, foreign) -> Callable:
     return lambda q, k, v, call: attention(q, k, v, call.heads, call.options)
 
 
-def _replace(fn, layer: LayerKey, step_of, foreign):
+def _replace(fn, layer: LayerKey, foreign):
     def replace(q, k, v, extra_options):
-        return fn(q, k, v, make_call(q, extra_options, layer, step_of))
+        return fn(q, k, v, make_call(q, extra_options, layer))
     setattr(replace, FOREIGN_ATTR, foreign)
     return replace
-
-
-def _pre_projection_patch(plan: AttentionPlan, target: str, step_of):
-    def patch(n, context, value, extra_options):
-        block = extra_options.get("block")
-        if block is None:
-            return n, context, value
-        layer = layer_key(extra_options)
-        if not plan.pre_stages_for(target, layer):
-            return n, context, value
-        return plan.pre_projection(target, layer, n, context, value, make_call(n, extra_options, layer, step_of))
-    setattr(patch, OUR_PATCH_ATTR, True)
-    return patch
-
-
-def _drop_our_patches(model_options: dict) -> None:
-    patches = model_options.get("transformer_options", {}).get("patches", {})
-    for name in PATCH_NAMES.values():
-        if name in patches:
-            patches[name] = [f for f in patches[name] if not getattr(f, OUR_PATCH_ATTR, False)]
 
 
 def _restore_foreign(model_options: dict, target: str, layer: LayerKey, foreign) -> None:
@@ -113,14 +84,12 @@ def _restore_foreign(model_options: dict, target: str, layer: LayerKey, foreign)
             table[tuple(layer)] = foreign
 
 
-def install_plan(unet, plan: AttentionPlan, info: ModelInfo, step_of: Callable | None = None) -> list[LayerKey]:
+def install_plan(unet, plan: AttentionPlan, info: ModelInfo) -> list[LayerKey]:
     """Put ``plan`` on ``unet`` (a clone the caller owns), replacing what an earlier install of ours put there.
 
-    Returns the layers that got a replace. ``step_of(sigmas) -> int`` maps a call's sigmas to a sampling
-    step index, when the caller knows the schedule.
+    Returns the layers that got a replace.
     """
     unet.model_options[PLAN_KEY] = plan
-    _drop_our_patches(unet.model_options)
     installed = []
     for target in (ATTN1, ATTN2):
         setter = unet.set_model_attn1_replace if target == ATTN1 else unet.set_model_attn2_replace
@@ -130,11 +99,8 @@ def install_plan(unet, plan: AttentionPlan, info: ModelInfo, step_of: Callable |
             if fn is None:
                 _restore_foreign(unet.model_options, target, layer, foreign)
                 continue
-            setter(_replace(fn, layer, step_of, foreign), layer.block, layer.number, layer.index)
+            setter(_replace(fn, layer, foreign), layer.block, layer.number, layer.index)
             installed.append(layer)
-        if any(plan.pre_stages_for(target, layer) for layer in info.layers):
-            patch_setter = unet.set_model_attn1_patch if target == ATTN1 else unet.set_model_attn2_patch
-            patch_setter(_pre_projection_patch(plan, target, step_of))
     return installed
 
 
@@ -143,17 +109,17 @@ def pass_plan(unet) -> AttentionPlan:
     return unet.model_options.get(PLAN_KEY) or AttentionPlan()
 
 
-def apply_feature(p, feature_key: str, info: ModelInfo, stages=(), pre_stages=(), step_of=None) -> AttentionPlan:
+def apply_feature(p, feature_key: str, info: ModelInfo, stages=()) -> AttentionPlan:
     """Set one feature's stages for this sampling pass and (re)install the whole plan once.
 
     With no stages and nothing installed by us yet, the UNet is left untouched (off means off).
     """
     current = p.sd_model.forge_objects.unet
     plan = pass_plan(current)
-    if not (stages or pre_stages) and feature_key not in plan.by_feature:
+    if not stages and feature_key not in plan.by_feature:
         return plan
-    plan = plan.with_feature(feature_key, stages, pre_stages)
+    plan = plan.with_feature(feature_key, stages)
     unet = current.clone()
-    install_plan(unet, plan, info, step_of)
+    install_plan(unet, plan, info)
     p.sd_model.forge_objects.unet = unet
     return plan
