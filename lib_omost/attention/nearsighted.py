@@ -44,7 +44,6 @@ from .slothful import (
 )
 from .windows import WindowLayout, ids_through, window_layout, windowed_attention
 
-DEFAULT_TILE = 32
 DEFAULT_GLOBAL_RATIO = 0.5
 DEFAULT_TILING_MAX_DEPTH = 2
 DEFAULT_BASE_TILE, DEFAULT_PEAK_TILE = 24, 32
