@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib_omost.canvas import GRID, Canvas, GlobalRegion, Region, color_preview, example_canvas, located_region
-from lib_omost.canvas.render import omost_initial_colours
+from lib_omost.canvas import GRID, Canvas, GlobalRegion, Region, color_preview, example_canvas
 from lib_omost.canvas.colors import color_rgb
+from lib_omost.canvas.render import omost_initial_colours
 from lib_omost.features import omost
 from lib_omost.features.omost_start import (blurred_canvas_colours, keep_through_discard, schedule_length,
                                             schedule_tail, start_noise)
