@@ -24,7 +24,7 @@ from lib_omost.canvas import (
     rect_from_location,
     validate_canvas,
 )
-from lib_omost.prompts import normalize_prompt
+from lib_omost.canvas.prompt_tree import normalize_prompt
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = (DATA / "dragon_battle.response.md").read_text(encoding="utf-8")
@@ -197,3 +197,45 @@ def test_validate_canvas_returns_a_normalised_copy_or_names_the_field():
         validate_canvas(Canvas(regions=["box"]))
     free = Region(rect=(1, 2, 3, 4), distance=1.0)
     assert validate_canvas(Canvas(regions=[free])).regions == [free]
+
+
+CANVAS_SIDE = sorted(["lib_omost.prompt_chunks"] + [f"lib_omost.canvas.{p.stem}" for p in
+                     (Path(__file__).resolve().parents[1] / "lib_omost" / "canvas").glob("*.py")
+                     if p.stem != "__init__"])
+
+
+def test_canvas_and_prompt_modules_import_at_module_level_only():
+    """No import hidden inside a function to dodge a cycle: every lib_omost import of the canvas package and
+    of the prompt chunking sits at module level."""
+    import ast
+    root = Path(__file__).resolve().parents[1]
+    for name in CANVAS_SIDE:
+        tree = ast.parse((root / (name.replace(".", "/") + ".py")).read_text())
+        top = set(tree.body)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and node not in top:
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.startswith("lib_omost") for n in names), f"{name}: import inside a function"
+
+
+@pytest.mark.parametrize("name", CANVAS_SIDE)
+def test_every_canvas_module_imports_first_in_a_fresh_interpreter(name):
+    """An import cycle breaks some import order; each module is imported first here."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_editor_holds_the_python_colour_table():
+    """One table: the browser editor's copy is generated from lib_omost/canvas/_color_table.py."""
+    import re
+
+    from lib_omost.canvas import _color_table as table
+    source = (Path(__file__).resolve().parents[1] / table.JS_FILE).read_text(encoding="utf-8")
+    assert table.with_js_table(source) == source, "run write_js_table() after changing the Python table"
+    body = source[source.index(table.JS_BEGIN):source.index(table.JS_END)]
+    items = "".join(re.findall(r"'([^']*)'", body)).split()
+    assert [tuple(item.split(":")) for item in items] == [
+        (name, "%02x%02x%02x" % rgb) for name, rgb in HTML_COLORS.items()]

@@ -288,8 +288,8 @@ def test_hires_passes_install_the_same_patches(flavour):
     from lib_omost.forge import runners
     original = runners.apply_feature
 
-    def spy(p, key, info, stages=(), pre_stages=(), step_of=None):
-        plan = original(p, key, info, stages, pre_stages, step_of)
+    def spy(p, key, info, stages=()):
+        plan = original(p, key, info, stages)
         seen.append((p.is_hr_pass, sorted(transformer_patch_state(p.sd_model.forge_objects.unet)
                                           .get("patches_replace", {}).get("attn1", {}))))
         return plan

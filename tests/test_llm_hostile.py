@@ -742,10 +742,11 @@ def test_a_last_event_without_its_blank_line_is_accepted(server):
 @pytest.mark.parametrize("change, message", [
     ({"temperature": "warm"}, "temperature must be a number, got 'warm'"),
     ({"temperature": None}, "temperature must be a number, got None"),
-    ({"temperature": 9}, r"temperature must be in \[0, 5\] \(0 = greedy\), got 9"),
+    ({"temperature": 9}, r"temperature must be in \[0, 2\] \(0 = greedy\), got 9"),
+    ({"temperature": 2.5}, r"temperature must be in \[0, 2\] \(0 = greedy\), got 2.5"),
     ({"top_p": float("nan")}, "top p must be a number, got nan"),
     ({"max_new_tokens": 10.5}, "max new tokens must be a whole number, got 10.5"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1, got 0"),
+    ({"max_new_tokens": 0}, r"max_new_tokens must be an integer in \[1, 32768\], got 0"),
     ({"seed": "x"}, r"LLM seed \(-1 = random\) must be a whole number, got 'x'"),
     ({"read_timeout": 0}, "read_timeout must be a finite number of seconds > 0, got 0"),
     ({"read_timeout": "slow"}, r"the read timeout \(Settings → Omost, seconds\) must be a number, got 'slow'"),
@@ -783,3 +784,24 @@ def test_an_unexpected_error_ends_the_webui_chat_with_a_status(monkeypatch):
     llm = omost_chat.LLMChoice(endpoint="http://h:1", api_key=KEY)
     *_, (pairs, _, status) = omost_chat.stream_answer(omost_chat.new_session(), llm, "a cat", "{}")
     assert status.startswith("the chat failed unexpectedly: KeyError") and KEY not in status and pairs == []
+
+
+def test_every_sampling_setting_has_one_range_for_the_ui_and_the_validation():
+    """The WebUI slider of each LLM sampling setting spans exactly what GenerationSettings accepts, and the
+    defaults of GenerationSettings, the WebUI's LLMChoice and the slider are the declaration's."""
+    import dataclasses
+
+    from lib_omost.forge import omost_ui
+    from lib_omost.llm.events import SAMPLING_SETTINGS
+    assert [s.name for s in SAMPLING_SETTINGS] == ["temperature", "top_p", "max_new_tokens"]
+    defaults, choice = GenerationSettings(), omost_chat.LLMChoice()
+    for setting in SAMPLING_SETTINGS:
+        slider = omost_ui.sampling_slider(setting)
+        assert (slider.minimum, slider.maximum, slider.value) == (setting.minimum, setting.maximum, setting.default)
+        assert getattr(defaults, setting.name) == getattr(choice, setting.name) == setting.default
+        for value in (setting.minimum, setting.maximum):
+            dataclasses.replace(defaults, **{setting.name: value})          # both ends are accepted
+        tiny = 1 if setting.whole else 1e-9
+        for value in (setting.minimum - tiny, setting.maximum + tiny):
+            with pytest.raises(ValueError, match=f"{setting.name} must be"):
+                dataclasses.replace(defaults, **{setting.name: value})

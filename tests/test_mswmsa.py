@@ -121,7 +121,8 @@ def test_shifts_are_reproducible_from_the_seed_and_change_every_call():
 def test_layer_tables():
     assert M.LAYERS["sd15"] == {"input": (1, 2), "output": (9, 10, 11)}
     assert M.LAYERS["sdxl"] == {"input": (4, 5), "output": (3, 4, 5)}
-    assert M.DEFAULT_WINDOW_PERCENT == (0.2, 1.0)
+    from lib_omost.features.hidiffusion import FEATURE
+    assert (FEATURE.by_name["msw_start"].default, FEATURE.by_name["msw_end"].default) == (0.2, 1.0)
 
 
 def test_windows_run_unmasked_in_one_call_per_window_size(unmasked_sdpa):

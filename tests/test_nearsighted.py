@@ -249,8 +249,8 @@ def masked_tiled_attention(q, k, v, heads, hw, t, global_ratio, offset, stride, 
     vt, _ = S.reduce_tokens_masked(vt, (grid.th, grid.tw), stride, mode, v_blend, valid)
     if global_ratio > 0:
         g_stride = N.global_stride(stride, grid.count, global_ratio)
-        gk = S.reduce_tokens(k, hw, g_stride, mode, k_blend).repeat_interleave(grid.count, 0)
-        gv = S.reduce_tokens(v, hw, g_stride, mode, v_blend).repeat_interleave(grid.count, 0)
+        gk = S.reduce_tokens(k, hw, g_stride, mode, k_blend, stride).repeat_interleave(grid.count, 0)
+        gv = S.reduce_tokens(v, hw, g_stride, mode, v_blend, stride).repeat_interleave(grid.count, 0)
         kt, vt = torch.cat([kt, gk], 1), torch.cat([vt, gv], 1)
         key_valid = torch.cat([key_valid, key_valid.new_ones(grid.count, gk.shape[1])], 1)
     mask = key_valid.repeat(q.shape[0], 1)[:, None, None, :]
@@ -293,3 +293,24 @@ def test_tile_layouts_are_built_once_per_grid_not_per_stride():
     assert keys[0].local == keys[1].local
     first = N.tile_layout(keys[0]._replace(sample=keys[1].sample), False, False, torch.device("cpu"))
     assert N.tile_layout(keys[1], False, False, torch.device("cpu")) is first
+
+
+@pytest.mark.parametrize("hw,stride,mode", [((24, 20), 4.0, "2D_AVG"), ((31, 29), 5.0, "2D_MAX"),
+                                            ((24, 20), 3.0, "1D_AVG"), ((17, 25), 0.5, "2D_AVG")])
+def test_pooled_global_keys_pool_the_local_window_at_the_global_step(hw, stride, mode):
+    """As the original: the global sample's pool uses the local stride's window (clamped to the cell) at
+    the global step; written out here window by window."""
+    x = rand(2, hw[0] * hw[1], 3, seed=9)
+    g_stride = N.global_stride(stride, 4, 0.5)
+    (gh, gw), sy, sx = S.reduction_grid(hw, g_stride, mode)
+    _, wy, wx = S.reduction_grid(hw, stride, mode) if stride > 1 else (None, 1, 1)
+    wy, wx = min(wy, sy), min(wx, sx)
+    reduce = (lambda t: t.mean(1)) if mode.endswith("AVG") else (lambda t: t.amax(1))
+    g = x.reshape(2, gh, gw, 3)
+    expected = torch.stack([reduce(g[:, i:i + wy, j:j + wx].reshape(2, -1, 3))
+                            for i in range(0, gh, sy) for j in range(0, gw, sx)], 1)
+    assert torch.allclose(S.reduce_tokens(x, hw, g_stride, mode, 1.0, stride), expected, rtol=0, atol=1e-12)
+    one = S.reduce_tokens(x, hw, g_stride, mode, 0.0, stride)
+    assert torch.equal(one, S.reduce_tokens(x, hw, g_stride, mode, 0.0))        # blend 0: the window is moot
+    if (wy, wx) != (sy, sx):
+        assert not torch.allclose(S.reduce_tokens(x, hw, g_stride, mode, 1.0), expected)

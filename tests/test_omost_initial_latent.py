@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib_omost.canvas import GRID, Canvas, GlobalRegion, color_preview, example_canvas, located_region
+from lib_omost.canvas import GRID, Canvas, GlobalRegion, Region, color_preview, example_canvas
+from lib_omost.canvas.colors import color_rgb
+from lib_omost.canvas.render import omost_initial_colours
 from lib_omost.features import omost
 from lib_omost.features.omost_start import (blurred_canvas_colours, keep_through_discard, schedule_length,
                                             schedule_tail, start_noise)
@@ -55,12 +57,53 @@ def _box_mean(rgb: np.ndarray, i: int, j: int, radius: int = 40) -> np.ndarray:
     return np.mean(window, axis=0)
 
 
-def test_blurred_colours_are_the_reflect_padded_81_box_mean_of_the_colour_preview():
+def _omost_app_colours(canvas) -> np.ndarray:
+    """The original app's colour image, restated operation by operation: a float32 image; per region far ->
+    near, 0.7 * (uint8 colour as an array) + 0.3 * (float32 slice) assigned back; clip; astype(uint8)."""
+    image = np.zeros((GRID, GRID, 3), np.float32) + np.array([[color_rgb(canvas.global_region.color)]], np.uint8)
+    for region in sorted(canvas.regions, key=lambda r: r.distance, reverse=True):
+        a, b, c, d = (int(v) for v in region.rect)
+        image[a:b, c:d] = 0.7 * np.array([[color_rgb(region.color)]], np.uint8) + 0.3 * image[a:b, c:d]
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def test_initial_colours_are_the_original_apps_truncated_float32_composite():
     canvas = example_canvas()
-    rgb = np.asarray(color_preview(canvas, GRID, GRID), np.float64) / 255.0
+    assert np.array_equal(omost_initial_colours(canvas), _omost_app_colours(canvas))
+    # one level below the rounded preview where a channel's fraction is >= .5, never above it
+    diff = np.asarray(color_preview(canvas, GRID, GRID), np.int64) - omost_initial_colours(canvas)
+    assert diff.min() == 0 and diff.max() == 1
+    # violet (238, 130, 238) over black: 166.6 truncates to 166 (the preview rounds to 167); 0.7 * 130 is
+    # 90.99999999999999 in float64 but 91.0 once stored in float32, so it stays 91
+    one = Canvas(GlobalRegion("night", [], [], "black"),
+                 [Region(rect=(10, 50, 20, 70), distance=1.0, description="lamp", color="violet")])
+    assert omost_initial_colours(one)[20, 30].tolist() == [166, 91, 166]
+    assert list(color_preview(one, GRID, GRID).getpixel((30, 20))) == [167, 91, 167]
+    assert omost_initial_colours(one)[0, 0].tolist() == [0, 0, 0]
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        regions = []
+        for _ in range(int(rng.integers(1, 6))):
+            top, left = int(rng.integers(0, 80)), int(rng.integers(0, 80))
+            regions.append(Region(rect=(top, top + int(rng.integers(1, 90 - top)), left,
+                                        left + int(rng.integers(1, 90 - left))),
+                                  distance=float(rng.integers(1, 4)), description="r",
+                                  color=tuple(int(v) for v in rng.integers(0, 256, 3))))
+        canvas = Canvas(GlobalRegion("g", [], [], tuple(int(v) for v in rng.integers(0, 256, 3))), regions)
+        assert np.array_equal(omost_initial_colours(canvas), _omost_app_colours(canvas))
+
+
+def test_blurred_colours_are_the_reflect_padded_81_box_mean_resized_by_nearest_neighbour():
+    canvas = example_canvas()
+    rgb = omost_initial_colours(canvas).astype(np.float64) / 255.0
     blurred = blurred_canvas_colours(canvas, GRID, GRID)[0].permute(1, 2, 0).double().numpy()
     for i, j in [(0, 0), (10, 80), (45, 45), (89, 3), (60, 61)]:
         assert np.allclose(blurred[i, j], _box_mean(rgb, i, j), atol=1e-6)
+    # any size: pixel (i, j) is the 90 x 90 blur at (floor(i * 90 / h), floor(j * 90 / w)), as torch's "nearest"
+    big = blurred_canvas_colours(canvas, 200, 136)[0].permute(1, 2, 0).numpy()
+    small = blurred.astype(np.float32)
+    for i, j in [(0, 0), (135, 199), (67, 100), (3, 150), (120, 7)]:
+        assert np.array_equal(big[i, j], small[i * 90 // 136, j * 90 // 200])
     plain = Canvas(GlobalRegion("a field", [], [], (10, 200, 30)), [])
     flat = blurred_canvas_colours(plain, 72, 40)
     assert flat.shape == (1, 3, 40, 72)

@@ -203,9 +203,13 @@ def ignore_prompt_box(ui, **extra):
                          extra.get("strength", 1.0), 1.0, omost.IGNORE])
 
 
+# The example canvas's prompt chunks with the stand-in's token counter (at most 75 tokens each, as Omost packs)
+CANVAS_CHUNKS = 8
+
+
 @pytest.mark.parametrize("chunks", [1, 2, 3])
 def test_usual_prompt_lengths_give_the_image_of_lcm_repetition(flavour, chunks, monkeypatch):
-    """The example canvas makes 10 chunks: with 1, 2 or 3 prompt/negative chunks the LCM is at most 4 x the
+    """The example canvas makes 8 chunks: with 1, 2 or 3 prompt/negative chunks the LCM is at most 4 x the
     longer, so the image is bit-identical to the swap before issue 15."""
     ui = harness.start_webui([ROOT])
     run = dict(script_args=ignore_prompt_box(ui), prompt=" BREAK ".join(["cat"] * chunks),
@@ -219,8 +223,8 @@ def test_usual_prompt_lengths_give_the_image_of_lcm_repetition(flavour, chunks, 
 
 @pytest.mark.parametrize("chunks", [7, 13])
 def test_incompatible_lengths_stay_at_the_longer_context(flavour, chunks, monkeypatch):
-    """7 prompt/negative chunks (539 tokens) against the canvas's 10 (770): the LCM would be 5,390 tokens;
-    13 chunks (1,001) against 770: 10,010. Each UNet call now takes the longer length, and the regional
+    """7 prompt/negative chunks (539 tokens) against the canvas's 8 (616): the LCM would be 4,312 tokens;
+    13 chunks (1,001) against 616: 8,008. Each UNet call now takes the longer length, and the regional
     stage still acts (the canvas filled up with global-region tokens when it is the shorter)."""
     ui = harness.start_webui([ROOT])
     run = dict(prompt=" BREAK ".join(["cat"] * chunks), negative_prompt=" BREAK ".join(["blurry"] * chunks),
@@ -229,12 +233,12 @@ def test_incompatible_lengths_stay_at_the_longer_context(flavour, chunks, monkey
         full = ui.txt2img(script_args=ignore_prompt_box(ui), **run)
     plain_attention = ui.txt2img(script_args=ignore_prompt_box(ui, strength=0.0), **run)
     assert harness.reported_errors() == []
-    assert {c.context_shape[1] for c in calls} == {77 * max(chunks, 10)}
+    assert {c.context_shape[1] for c in calls} == {77 * max(chunks, CANVAS_CHUNKS)}
     assert not torch.allclose(full.latents, plain_attention.latents, atol=1e-4)
     monkeypatch.setattr(omost, "swap_context", lcm_swap)
     with harness.record_unet_calls() as calls:
         ui.txt2img(script_args=ignore_prompt_box(ui), **run)
-    assert {c.context_shape[1] for c in calls} == {77 * math.lcm(chunks, 10)}        # what it was
+    assert {c.context_shape[1] for c in calls} == {77 * math.lcm(chunks, CANVAS_CHUNKS)}  # what it was
 
 
 def test_a_canvas_of_too_many_chunks_is_refused_before_encoding():

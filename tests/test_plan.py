@@ -98,3 +98,11 @@ def test_layer_hw_ceil_halving_and_fallback():
     # a size changed by a patch before the layer (Deep Shrink 2x on a 64x96 latent): closest aspect
     assert layer_hw((64, 96), 16 * 24 // 1) == (16, 24)
     assert layer_hw((64, 96), 21 * 32) == (21, 32)
+
+
+def test_our_markers_are_declared_once_with_distinct_values():
+    from lib_omost.forge import blocks, markers, omost_run, omost_start, plan_install
+    assert len(set(markers.ALL_MARKERS)) == len(markers.ALL_MARKERS) == 5
+    assert all(m.startswith("omost_") for m in markers.ALL_MARKERS)
+    assert (omost_run.WRAPPER_ATTR, omost_run.MODIFIER_ATTR, plan_install.FOREIGN_ATTR,
+            omost_start.PREVIOUS_ATTR, blocks.OUR_BLOCK_ATTR) == markers.ALL_MARKERS

@@ -5,17 +5,13 @@ from pathlib import Path
 import pytest
 
 from lib_omost.canvas import Canvas, GlobalRegion, Region, ordered_regions, parse_answer
-from lib_omost.prompts import (
+from lib_omost.canvas.prompt_tree import RegionPrompt, canvas_prompts, global_prompt, local_prompt, normalize_prompt
+from lib_omost.prompt_chunks import (
     CHUNK_TOKENS,
-    RegionPrompt,
     canvas_chunks,
-    canvas_prompts,
     count_words,
     cut_to_tokens,
     fit_prefixes,
-    global_prompt,
-    local_prompt,
-    normalize_prompt,
     pack_bags,
     region_chunks,
 )
@@ -63,9 +59,10 @@ def test_empty_strings_are_dropped_from_the_tree():
 
 
 def test_worked_example_bags():
-    assert pack_bags([25, 35, 5, 60, 15, 25], 75) == [[0, 1, 2], [3], [4, 5]]
-    # the original Omost's test (new bag only when the sum would exceed the room)
-    assert pack_bags([25, 35, 5, 60, 15, 25], 75, inclusive=True) == [[0, 1, 2], [3, 4], [5]]
+    # Omost's code: a new bag only when the sum would exceed the room (a bag of exactly 75 is allowed; its
+    # README's example [[0, 1, 2], [3], [4, 5]] would need "under 75")
+    assert pack_bags([25, 35, 5, 60, 15, 25], 75) == [[0, 1, 2], [3, 4], [5]]
+    assert pack_bags([75, 1, 74, 1, 1], 75) == [[0], [1, 2], [3, 4]]
     assert pack_bags([], 75) == []
     assert pack_bags([80, 3], 75) == [[0], [1]]  # too long: alone
 
@@ -74,20 +71,20 @@ def test_region_chunks_follow_the_worked_example_with_a_word_counter():
     sizes = [25, 35, 5, 60, 15, 25]
     prompt = RegionPrompt((), tuple(words(n, f"s{k}_") for k, n in enumerate(sizes)))
     chunks = region_chunks(prompt, word_tokens)
-    assert [word_tokens(c) for c in chunks] == [65, 60, 40]
-    assert chunks[1] == prompt.suffixes[3] and chunks[2] == prompt.suffixes[4] + " " + prompt.suffixes[5]
+    assert [word_tokens(c) for c in chunks] == [65, 75, 25]
+    assert chunks[1] == prompt.suffixes[3] + " " + prompt.suffixes[4] and chunks[2] == prompt.suffixes[5]
 
 
 def test_prefixes_start_every_chunk_and_bags_stay_under_the_room():
-    prefixes = ("Global scene.", "A red boat.")  # 5 words: room 70, so bags hold at most 69
+    prefixes = ("Global scene.", "A red boat.")  # 5 words: room 70, so bags hold at most 70
     suffixes = tuple(words(n, f"s{k}_") for k, n in enumerate([30, 30, 20, 71, 5]))
     chunks = region_chunks(RegionPrompt(prefixes, suffixes), word_tokens)
     for chunk in chunks:
         assert chunk.startswith("Global scene. A red boat. ")
-        assert word_tokens(chunk) < CHUNK_TOKENS
+        assert word_tokens(chunk) <= CHUNK_TOKENS
     bags = [chunk[len("Global scene. A red boat. "):].split(" ") for chunk in chunks]
-    assert [len(b) for b in bags] == [60, 20, 69, 5]  # {30, 30}, {20}, {71 cut to 69}, {5}
-    assert bags[2] == words(69, "s3_").split(" ")  # the over-long suffix keeps its leading words
+    assert [len(b) for b in bags] == [60, 20, 70, 5]  # {30, 30}, {20}, {71 cut to 70}, {5}
+    assert bags[2] == words(70, "s3_").split(" ")  # the over-long suffix keeps its leading words
 
 
 def test_long_prefixes_are_cut_fairly_and_a_region_without_suffixes_has_one_chunk():
@@ -118,7 +115,7 @@ def test_canvas_chunks_of_the_sample_with_the_default_counter():
     for region_chunk_texts, prompt in zip(chunks, prompts):
         head = " ".join(prompt.prefixes)
         assert all(c.startswith(head) for c in region_chunk_texts)
-        assert all(count_words(c) < CHUNK_TOKENS for c in region_chunk_texts)
+        assert all(count_words(c) <= CHUNK_TOKENS for c in region_chunk_texts)
         # every suffix appears in exactly one chunk, in order
         joined = " ".join(c[len(head):].strip() for c in region_chunk_texts)
         assert joined == " ".join(prompt.suffixes)

@@ -89,6 +89,20 @@ def test_grid_is_clamped_to_the_map():
     assert S.reduction_grid((3, 5), 50.0, "1D_MAX") == ((1, 15), 1, 15)
 
 
+def test_on_a_short_grid_the_column_step_comes_from_the_clamped_row_step():
+    """The original's rule: sy = min(ceil(sqrt(s)), h), sx = min(ceil(s / sy), w)."""
+    assert S.reduction_grid((2, 40), 9.0, "2D_AVG") == ((2, 40), 2, 5)       # not (2, 3): ~9x fewer keys
+    assert S.reduction_grid((1, 64), 6.0, "2D_MAX") == ((1, 64), 1, 6)
+    assert S.reduction_grid((3, 3), 16.0, "2D_AVG") == ((3, 3), 3, 3)        # both steps clamped
+    assert S.reduction_grid((40, 2), 9.0, "2D_AVG") == ((40, 2), 3, 2)       # rows long enough: unchanged
+    for h in range(1, 6):
+        for stride in (1.5, 2.0, 4.5, 9.0, 17.0, 30.0):
+            sy = min(math.ceil(math.sqrt(stride)), h)
+            assert S.reduction_grid((h, 50), stride, "2D_AVG") == ((h, 50), sy, min(math.ceil(stride / sy), 50))
+    x = torch.randn(1, 80, 3, dtype=torch.float64)
+    assert S.reduce_tokens(x, (2, 40), 9.0).shape == (1, 8, 3)
+
+
 # --- reductions ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stride", [0.0, 0.5, 1.0])
@@ -144,8 +158,8 @@ def explicit_pool(x, hw, sy, sx, reduce):
 @pytest.mark.parametrize("stride", [3.0, 4.5, 10.0])
 def test_pooling_on_odd_sizes_covers_partial_windows(hw, stride):
     x = rand(2, hw[0] * hw[1], 3, seed=1)
-    sy, sx = S.grid_2d(stride)
-    sy, sx = min(sy, hw[0]), min(sx, hw[1])
+    sy = min(S.grid_2d(stride)[0], hw[0])                     # the column step from the clamped row step
+    sx = min(math.ceil(stride / sy), hw[1])
     mean = explicit_pool(x, hw, sy, sx, lambda t: t.mean(1))
     top = explicit_pool(x, hw, sy, sx, lambda t: t.amax(1))
     assert torch.allclose(S.reduce_tokens(x, hw, stride, "2D_AVG", 1.0), mean, rtol=0, atol=1e-12)

@@ -28,12 +28,11 @@ from .windows import WindowLayout, ids_through, window_layout, windowed_attentio
 SHIFTS = 4                    # shift index k takes values 0..SHIFTS-1
 DEFAULT_WINDOWS = (2, 2)
 
-# Layers and time window of the original (PATCHES.md, "MSW-MSA"); percent space.
+# Layers of the original (PATCHES.md, "MSW-MSA"); its time window is the msw_start / msw_end parameters.
 LAYERS = {
     "sd15": {"input": (1, 2), "output": (9, 10, 11)},
     "sdxl": {"input": (4, 5), "output": (3, 4, 5)},
 }
-DEFAULT_WINDOW_PERCENT = (0.2, 1.0)
 
 
 def window_grid(hw: tuple[int, int], windows: tuple[int, int] = DEFAULT_WINDOWS) -> TileGrid:

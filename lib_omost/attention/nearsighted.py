@@ -9,7 +9,9 @@ With an integer tile size every tile holds real tokens (``(ty - 1) * th < h``).
 Each tile's queries attend
   * the tile's own tokens (optionally Slothful-reduced inside the tile), never padding, and
   * a global sample of the whole unpadded map (strided / pooled), about ``global_ratio`` times the number
-    of local keys: global stride = max(1, stride) * ty * tx / global_ratio.
+    of local keys: global stride = max(1, stride) * ty * tx / global_ratio. Pooled (blend > 0), each global
+    key pools the local window (the grid of ``stride``, 1 x 1 when stride <= 1) at the top-left of its
+    global cell, as the original does ("pooling size as local, only the stride larger").
 The result is un-tiled and the padding cropped.
 
 Speed: ``tile`` / ``untile`` / ``strided_sample`` define the geometry; the attention gathers each tile's
@@ -42,7 +44,6 @@ from .slothful import (
 )
 from .windows import WindowLayout, ids_through, window_layout, windowed_attention
 
-DEFAULT_TILE = 32
 DEFAULT_GLOBAL_RATIO = 0.5
 DEFAULT_TILING_MAX_DEPTH = 2
 DEFAULT_BASE_TILE, DEFAULT_PEAK_TILE = 24, 32
@@ -232,7 +233,7 @@ def key_source(x: torch.Tensor, keys: TileKeys, stride: float, g_stride: float |
             reduced, _ = reduce_tokens_masked(tiles, tile_hw, stride, mode, blend, valid)
         parts = [reduced.reshape(x.shape[0], -1, x.shape[2])]
     if g_stride is not None:
-        parts.append(reduce_tokens(x, keys.hw, g_stride, mode, blend))
+        parts.append(reduce_tokens(x, keys.hw, g_stride, mode, blend, window_stride=stride))
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 

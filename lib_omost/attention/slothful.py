@@ -11,7 +11,8 @@ Schedule (PATCHES.md, "Slothful attention"), for one attention call:
 The stride is a token-count ratio. It becomes a sampling grid: 1D modes use every ``ceil(stride)``-th
 token of the flattened sequence; 2D modes use every ``sy``-th row and ``sx``-th column of the h x w grid
 with ``sy = ceil(sqrt(stride))``, ``sx = ceil(stride / sy)``. A grid step never exceeds its axis length
-(a step of h or w keeps one row or column).
+(a step of h or w keeps one row or column); on a grid of fewer than ``sy`` rows, ``sx`` comes from the
+clamped row step (the original's rule).
 
 Two reduced sets come from one grid: ``one`` = the strided sample (the top-left token of every window)
 and ``pool`` = the avg or max of every window. Odd sizes: windows are aligned at the top-left and the
@@ -133,14 +134,17 @@ def grid_2d(stride: float) -> tuple[int, int]:
 def reduction_grid(hw: tuple[int, int], stride: float, mode: str) -> tuple[tuple[int, int], int, int]:
     """The grid a mode works on and its steps: ((gh, gw), sy, sx), steps clamped to the grid.
 
-    2D modes work on the (h, w) grid; 1D modes on the flattened sequence seen as a (1, h * w) grid.
+    2D modes work on the (h, w) grid; 1D modes on the flattened sequence seen as a (1, h * w) grid. On a
+    grid shorter than ceil(sqrt(stride)) rows the column step comes from the clamped row step,
+    sx = ceil(stride / min(sy, h)), as in the original: the reduction stays about ``stride``.
     """
     check_mode(mode)
     h, w = hw
     if mode.startswith("1D"):
         return (1, h * w), 1, min(grid_1d(stride), h * w)
-    sy, sx = grid_2d(stride)
-    return (h, w), min(sy, h), min(sx, w)
+    sy = min(grid_2d(stride)[0], h)
+    sx = max(1, math.ceil(stride / sy)) if stride > 1 else 1
+    return (h, w), sy, min(sx, w)
 
 
 # --- reductions -------------------------------------------------------------------------------------
@@ -160,21 +164,27 @@ def strided_sample(x: torch.Tensor, hw: tuple[int, int], sy: int, sx: int) -> to
     return g.reshape(g.shape[0], -1, g.shape[3])
 
 
-def _pool_grid(g: torch.Tensor, sy: int, sx: int, kind: str) -> torch.Tensor:
-    """Non-overlapping (sy, sx) windows of a channel-last grid [B, h, w, C], partial last windows kept."""
+def _pool_grid(g: torch.Tensor, sy: int, sx: int, kind: str,
+               window: tuple[int, int] | None = None) -> torch.Tensor:
+    """(sy, sx)-strided windows of a channel-last grid [B, h, w, C], partial last windows kept; a window is
+    (sy, sx) (non-overlapping) unless ``window`` gives a smaller one (at the top-left of each cell)."""
     fn = F.avg_pool2d if kind == "AVG" else F.max_pool2d
-    out = fn(g.permute(0, 3, 1, 2), (sy, sx), stride=(sy, sx), ceil_mode=True)
+    out = fn(g.permute(0, 3, 1, 2), window or (sy, sx), stride=(sy, sx), ceil_mode=True)
     return out.permute(0, 2, 3, 1)
 
 
-def window_pool(x: torch.Tensor, hw: tuple[int, int], sy: int, sx: int, kind: str) -> torch.Tensor:
+def window_pool(x: torch.Tensor, hw: tuple[int, int], sy: int, sx: int, kind: str,
+                window: tuple[int, int] | None = None) -> torch.Tensor:
     """Avg (kind "AVG") or max ("MAX") over every (sy, sx) window: [B, ceil(h/sy) * ceil(w/sx), C].
 
-    A partial window at the bottom or right edge averages only the tokens it covers.
+    A partial window at the bottom or right edge averages only the tokens it covers. ``window`` (each
+    side at most the step) pools only that top-left part of every cell.
     """
     if kind not in ("AVG", "MAX"):
         raise ValueError(f"unknown pooling {kind!r}: expected 'AVG' or 'MAX'")
-    out = _pool_grid(_grid_view(x, hw), sy, sx, kind)
+    if window is not None and not (1 <= window[0] <= sy and 1 <= window[1] <= sx):
+        raise ValueError(f"pooling window {window} must lie inside the step ({sy}, {sx})")
+    out = _pool_grid(_grid_view(x, hw), sy, sx, kind, window)
     return out.reshape(out.shape[0], -1, out.shape[3])
 
 
@@ -186,18 +196,27 @@ def _blend(one: torch.Tensor, pool_fn, blend: float) -> torch.Tensor:
     return torch.lerp(one, pool_fn(), blend)
 
 
+def pool_window(hw: tuple[int, int], window_stride: float, mode: str, sy: int, sx: int) -> tuple[int, int]:
+    """The pooling window of ``window_stride``'s grid, each side at most the step (sy, sx)."""
+    _, wy, wx = reduction_grid(hw, window_stride, mode)
+    return min(wy, sy), min(wx, sx)
+
+
 def reduce_tokens(x: torch.Tensor, hw: tuple[int, int], stride: float, mode: str = "2D_AVG",
-                  blend: float = 0.0) -> torch.Tensor:
+                  blend: float = 0.0, window_stride: float | None = None) -> torch.Tensor:
     """lerp(strided sample, pool, blend) of ``x`` on the grid of ``mode`` for ``stride``.
 
-    ``stride <= 1`` (or a grid that cannot shrink) returns ``x`` itself, untouched.
+    The pool's window is the step unless ``window_stride`` is given: then the window of that (smaller)
+    stride's grid, clamped to the step (Near-sighted attention's global sample: the local window at the
+    global step, as in the original). ``stride <= 1`` (or a grid that cannot shrink) returns ``x`` itself.
     """
     check_blend(blend)
     grid, sy, sx = reduction_grid(hw, stride, mode)
     if stride <= 1 or (sy == 1 and sx == 1):
         return x
     kind = mode[3:]
-    return _blend(strided_sample(x, grid, sy, sx), lambda: window_pool(x, grid, sy, sx, kind), blend)
+    window = None if window_stride is None else pool_window(hw, window_stride, mode, sy, sx)
+    return _blend(strided_sample(x, grid, sy, sx), lambda: window_pool(x, grid, sy, sx, kind, window), blend)
 
 
 def slothful_kv(x: torch.Tensor, hw: tuple[int, int], stride: float, mode: str = "2D_AVG",

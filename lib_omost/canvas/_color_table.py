@@ -155,3 +155,41 @@ HTML_COLORS: dict[str, tuple[int, int, int]] = {
     "yellow": (255, 255, 0),
     "yellowgreen": (154, 205, 50),
 }
+
+
+# The browser editor (javascript/omost_canvas_model.js) holds this table as generated text between these
+# lines; write_js_table() rewrites it, a test keeps the two equal.
+JS_FILE = "javascript/omost_canvas_model.js"
+JS_BEGIN = "    // Generated from lib_omost/canvas/_color_table.py by its write_js_table(); name:rrggbb."
+JS_END = "    // End of the generated colour table."
+
+
+def js_color_table(width: int = 108) -> str:
+    """The JavaScript lines of the table (``var COLOR_TABLE = (...)``), between JS_BEGIN and JS_END."""
+    items = [f"{name}:{r:02x}{g:02x}{b:02x} " for name, (r, g, b) in HTML_COLORS.items()]
+    lines, line = [], ""
+    for item in items:
+        if line and len(line) + len(item) > width:
+            lines.append(line)
+            line = ""
+        line += item
+    lines.append(line)
+    body = " +\n".join(f"        '{text}'" for text in lines)
+    return f"    var COLOR_TABLE = (\n{body}\n    );"
+
+
+def with_js_table(source: str) -> str:
+    """The editor's JavaScript ``source`` with its generated colour table replaced by the current one."""
+    head, sep, rest = source.partition(JS_BEGIN + "\n")
+    old, sep2, tail = rest.partition("\n" + JS_END)
+    if not (sep and sep2):
+        raise ValueError(f"{JS_FILE} lacks the generated colour table's markers")
+    return head + sep + js_color_table() + sep2 + tail
+
+
+def write_js_table() -> None:
+    """Rewrite the editor's copy of the table from this one:
+    python -c "from lib_omost.canvas._color_table import write_js_table; write_js_table()" """
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / JS_FILE
+    path.write_text(with_js_table(path.read_text(encoding="utf-8")), encoding="utf-8")

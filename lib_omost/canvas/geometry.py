@@ -52,7 +52,6 @@ AREAS: dict[str, tuple[int, int]] = {
 
 FULL_RECT = (0, GRID, 0, GRID)
 
-Rect = tuple[float, float, float, float]
 
 
 def _clamp(v: int) -> int:

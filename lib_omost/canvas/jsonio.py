@@ -22,6 +22,7 @@ from lib_omost.canvas.model import (
     ordered_regions,
 )
 from lib_omost.canvas.parser import ParseResult, parse_answer
+from lib_omost.canvas.prompt_tree import global_prompt, local_prompt
 from lib_omost.quoting import quoted
 
 FORMAT = "omost-canvas"
@@ -55,8 +56,6 @@ def _region_json(r: Region) -> dict:
 def canvas_to_comfyui(canvas: Canvas) -> list:
     """The ComfyUI_omost list: global first, then regions far to near, each
     {"rect", "prefixes", "suffixes", "color": [r, g, b]} with the normalised prompt tree."""
-    from lib_omost.prompts import global_prompt, local_prompt  # lib_omost.prompts imports this package
-
     g = canvas.global_region
     items = [(FULL_RECT, global_prompt(g), g.color)]
     items += [(r.rect, local_prompt(g, r), r.color) for r in ordered_regions(canvas)]

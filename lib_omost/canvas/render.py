@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from lib_omost.canvas.colors import color_rgb
-from lib_omost.canvas.geometry import rect_pixels
+from lib_omost.canvas.geometry import GRID, rect_pixels
 from lib_omost.canvas.model import Canvas, ordered_indices
 
 PREVIEW_MIX = 0.7  # each region paints 0.7 * its colour + 0.3 * what lies below
@@ -62,6 +62,21 @@ def color_preview(canvas: Canvas, width: int, height: int) -> Image.Image:
     base = np.empty((height, width, 3), np.float64)
     base[:] = color_rgb(canvas.global_region.color)
     return Image.fromarray(_blend(*_far_to_near(canvas), base, PREVIEW_MIX), "RGB")
+
+
+def omost_initial_colours(canvas: Canvas) -> np.ndarray:
+    """[90, 90, 3] uint8: the colour image Omost's app starts its initial latent from, to the bit. Like
+    ``color_preview`` at 90 x 90, but as the app computes it: a float32 image, each region's
+    0.7 * colour + 0.3 * below summed in float64 (0.3 * below in float32) and stored back in float32, and the
+    result truncated to uint8 where the preview rounds (so a channel is at most one level lower)."""
+    image = np.empty((GRID, GRID, 3), np.float32)
+    image[:] = color_rgb(canvas.global_region.color)
+    keep = np.float32(1.0 - PREVIEW_MIX)
+    for rect, color in zip(*_far_to_near(canvas)):
+        rows, cols = rect_pixels(rect, GRID, GRID)
+        painted = PREVIEW_MIX * np.asarray(color_rgb(color), np.float64)
+        image[rows, cols] = painted + (keep * image[rows, cols]).astype(np.float64)
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def _contrast(rgb: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -36,7 +36,8 @@ from lib_omost.attention.regional import (attention_couple, couple_layout, dense
 from lib_omost.canvas import Canvas, CanvasError, canvas_to_json, example_canvas, ordered_regions, region_masks
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, JSON, Feature, Param
-from lib_omost.prompts import RegionPrompt, canvas_prompts, normalize_prompt, region_chunks
+from lib_omost.canvas.prompt_tree import RegionPrompt, canvas_prompts, normalize_prompt
+from lib_omost.prompt_chunks import region_chunks
 
 OMOST, COUPLE, OVERLAY, DENSE, BLEND = ("Omost score manipulation", "Attention couple",
                                         "Attention couple (overlay)", "DenseDiffusion", "Prediction blending")

@@ -1,7 +1,9 @@
 """Omost's initial latent: start txt2img sampling from the blurred canvas colours instead of pure noise.
 
-The colour preview (90 x 90) is reflect-padded by 40 and box-blurred with an 81 x 81 kernel (the original
-app's numbers), resized to the image and VAE-encoded by the WebUI. A strength c in (0, 1) then works like
+Omost's colour image (90 x 90, ``omost_initial_colours``: the colour preview truncated to uint8 as the
+original app does) is reflect-padded by 40, box-blurred with an 81 x 81 kernel and resized to the image
+with nearest-neighbour sampling (the original app's numbers and modes, so the start matches it), then
+VAE-encoded by the WebUI. A strength c in (0, 1) then works like
 img2img with denoising d = 1 - c, without losing steps: the WebUI's own schedule is built for
 T = ceil(steps / d) steps and sampling runs its last ``steps`` steps, so it starts at sigma_T[T - steps]
 from latent + noise * (the sampler's own noise scale at that sigma). Any c > 0 moves the start (the
@@ -15,18 +17,20 @@ import math
 import numpy as np
 import torch
 
-from lib_omost.canvas import GRID, Canvas, color_preview
+from lib_omost.canvas import Canvas
+from lib_omost.canvas.render import omost_initial_colours
 
 BLUR_RADIUS = 40          # reflect padding; the box is 2 * 40 + 1 = 81 pixels of the 90 x 90 preview
 
 
 def blurred_canvas_colours(canvas: Canvas, width: int, height: int) -> torch.Tensor:
-    """[1, 3, height, width] float32 in [0, 1]: the colour preview, box-blurred, resized bilinearly."""
-    rgb = np.asarray(color_preview(canvas, GRID, GRID), np.float64) / 255.0
+    """[1, 3, height, width] float32 in [0, 1]: Omost's colour image, box-blurred, resized by nearest
+    neighbour (torch's "nearest", as the original app's default interpolate)."""
+    rgb = omost_initial_colours(canvas).astype(np.float64) / 255.0
     image = torch.from_numpy(rgb).permute(2, 0, 1)[None]
     padded = torch.nn.functional.pad(image, (BLUR_RADIUS,) * 4, mode="reflect")
     blurred = torch.nn.functional.avg_pool2d(padded, 2 * BLUR_RADIUS + 1, stride=1)
-    resized = torch.nn.functional.interpolate(blurred, size=(height, width), mode="bilinear", align_corners=False)
+    resized = torch.nn.functional.interpolate(blurred, size=(height, width), mode="nearest")
     return resized.clamp(0.0, 1.0).float()
 
 

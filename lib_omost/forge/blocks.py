@@ -5,9 +5,9 @@ Our functions are marked so that running again in the same pass replaces them in
 
 from __future__ import annotations
 
+from lib_omost.forge.markers import OUR_BLOCK_ATTR
 from lib_omost.forge.webui import FORGE, flavour
 
-OUR_BLOCK_ATTR = "omost_block_patch"
 PATCH_SETTERS = {
     "input_block_patch": "set_model_input_block_patch",
     "input_block_patch_after_skip": "set_model_input_block_patch_after_skip",

@@ -24,7 +24,7 @@ from lib_omost.features.omost import FEATURE
 from lib_omost.llm import (Conversation, EndpointConfig, Failed, Finished, GenerationSettings, LocalBackend,
                            LocalModelSpec, OpenAIBackend, Progress, TextDelta, CanvasUpdate, BudgetWarning,
                            ask, retry, system_prompt)
-from lib_omost.llm.events import DEFAULT_MAX_ANSWER_CHARS, finish_note
+from lib_omost.llm.events import DEFAULT_MAX_ANSWER_CHARS, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, finish_note
 from lib_omost.llm.openai_compat import DEFAULT_READ_TIMEOUT
 from lib_omost.llm.redaction import redact, shown_url, url_secrets
 
@@ -72,9 +72,9 @@ class LLMChoice:
     api_key: str = ""
     local_model: str = ""
     trust_remote_code: bool = False
-    temperature: float = 0.6
-    top_p: float = 0.9
-    max_new_tokens: int = 4096
+    temperature: float = TEMPERATURE.default
+    top_p: float = TOP_P.default
+    max_new_tokens: int = MAX_NEW_TOKENS.default
     seed: int = -1
     read_timeout: float = DEFAULT_READ_TIMEOUT  # Settings → Omost
     max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS  # Settings → Omost

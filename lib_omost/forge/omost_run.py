@@ -17,13 +17,12 @@ from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text, regi
 from lib_omost.features import omost
 from lib_omost.forge import omost_start
 from lib_omost.forge.generation import did_not_run, loaded_model_info, read_values, report_problem
+from lib_omost.forge.markers import MODIFIER_ATTR, WRAPPER_ATTR
 from lib_omost.forge.plan_install import apply_feature
-from lib_omost.prompts import count_words
+from lib_omost.prompt_chunks import count_words
 
 log = logging.getLogger("sd-forge-omost")
 
-WRAPPER_ATTR = "omost_wraps"          # on our model_function_wrapper: the wrapper it chains to (or None)
-MODIFIER_ATTR = "omost_blending"      # marks our conditioning modifier
 _encodings: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 

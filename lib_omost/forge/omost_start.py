@@ -13,8 +13,7 @@ import torch
 
 from lib_omost.features.omost_start import (blurred_canvas_colours, keep_through_discard, schedule_length,
                                             schedule_tail, start_noise)
-
-PREVIOUS_ATTR = "omost_previous_override"   # on our override: the override it replaced (or None)
+from lib_omost.forge.markers import PREVIOUS_ATTR
 
 
 def canvas_latent(p, canvas) -> torch.Tensor:

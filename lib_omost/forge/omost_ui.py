@@ -12,6 +12,7 @@ import io
 from lib_omost.canvas import CanvasError, load_canvas_text, overlay_image
 from lib_omost.canvas.cli import format_region_table
 from lib_omost.forge import omost_chat
+from lib_omost.llm.events import MAX_NEW_TOKENS, TEMPERATURE, TOP_P, SamplingSetting
 
 SECTION = ("omost", "Omost")
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080/v1"
@@ -80,6 +81,12 @@ def image_html(image) -> str:
             f'src="data:image/png;base64,{data}">')
 
 
+def sampling_slider(setting: SamplingSetting):
+    """The accordion's slider of an LLM sampling setting: its declared range, step, default and label."""
+    import gradio as gr
+    return gr.Slider(setting.minimum, setting.maximum, value=setting.default, step=setting.step, label=setting.label)
+
+
 def _session(session):
     if session is None:
         session = omost_chat.new_session(_opt("omost_system_prompt") or "", _opt("omost_system_prompt_kind") or "omost")
@@ -109,10 +116,10 @@ def build_omost_ui(make, is_img2img: bool) -> None:
         trust = gr.Checkbox(False, label="trust_remote_code (runs code shipped with the model; phi-3 on "
                                          "some transformers versions)", visible=False)
         with gr.Row():
-            temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.01, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.01, 1.0, value=0.9, step=0.01, label="Top p")
+            temperature = sampling_slider(TEMPERATURE)
+            top_p = sampling_slider(TOP_P)
         with gr.Row():
-            max_tokens = gr.Slider(128, 8192, value=4096, step=64, label="Max new tokens")
+            max_tokens = sampling_slider(MAX_NEW_TOKENS)
             llm_seed = gr.Number(-1, label="LLM seed (-1 = random)", precision=0)
         unload = gr.Button("Unload the local model", visible=False)
     with gr.Row():

@@ -13,6 +13,7 @@ import torch
 
 from lib_omost.attention.core import layer_hw
 from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, AttnCall, HostSigma, LayerKey
+from lib_omost.forge.markers import FOREIGN_ATTR, OUR_PATCH_ATTR
 from lib_omost.model_info import ModelInfo
 
 PATCH_NAMES = {ATTN1: "attn1_patch", ATTN2: "attn2_patch"}
@@ -58,8 +59,6 @@ def make_call(q: torch.Tensor, options: dict, layer: LayerKey, step_of: Callable
 
 
 PLAN_KEY = "omost_attention_plan"   # where the pass's plan lives in model_options (survives clone())
-FOREIGN_ATTR = "omost_wraps"         # set on our replaces: the foreign replace each one wraps (or None)
-OUR_PATCH_ATTR = "omost_plan_patch"  # set on our attn patches
 
 
 def foreign_replace(model_options: dict, target: str, layer: LayerKey):

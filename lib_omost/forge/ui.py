@@ -14,12 +14,6 @@ from lib_omost.params import BOOL, CHOICE, FLOAT, INT, JSON, Feature, Param, ove
 log = logging.getLogger("sd-forge-omost")
 
 
-def event_js_kwarg(js: str) -> dict[str, str]:
-    """The keyword an event listener takes for JavaScript: ``js=`` on Gradio 4, ``_js=`` on Gradio 3."""
-    import gradio as gr
-    return {"js": js} if int(gr.__version__.split(".")[0]) >= 4 else {"_js": js}
-
-
 def elem_id(feature: Feature, name: str, is_img2img: bool) -> str:
     tab = "img2img" if is_img2img else "txt2img"
     return f"omost_{tab}_{feature.key}_{name}"

@@ -19,9 +19,6 @@ from lib_omost.model_info import ModelInfo
 FORGE = "forge"        # Forge main and Neo: backend.*
 REFORGE = "reforge"    # reForge and Forge Classic: ldm_patched.*
 
-SUPPORTED_FAMILIES = ("sd15", "sd2", "sdxl")
-
-
 class UnsupportedModel(ValueError):
     """The loaded model is not a UNet these patches can serve."""
 

@@ -17,8 +17,8 @@ import threading
 from lib_omost.extras import require
 from lib_omost.llm.chat import ask
 from lib_omost.llm.conversation import Conversation
-from lib_omost.llm.events import (BudgetWarning, Failed, Finished, GenerationSettings, Progress, TextDelta,
-                                  finish_note)
+from lib_omost.llm.events import (SAMPLING_SETTINGS, BudgetWarning, Failed, Finished, GenerationSettings, Progress,
+                                  TextDelta, finish_note)
 from lib_omost.llm.redaction import redact, url_secrets
 from lib_omost.terminal import printable
 
@@ -57,11 +57,10 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="local model dtype")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let a local model run the Python code shipped with it (only for repositories you trust)")
-    p.add_argument("--temperature", type=float, default=defaults.temperature,
-                   help=f"0 = greedy (default {defaults.temperature})")
-    p.add_argument("--top-p", type=float, default=defaults.top_p, help=f"default {defaults.top_p}")
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                   help=f"default {defaults.max_new_tokens}")
+    for setting in SAMPLING_SETTINGS:
+        p.add_argument("--" + setting.name.replace("_", "-"), type=int if setting.whole else float,
+                       default=setting.default, help=f"{setting.minimum:g}-{setting.maximum:g}{setting.note} "
+                                                     f"(default {setting.default:g})")
     p.add_argument("--seed", type=int, help="random seed (default: random)")
     p.add_argument("--max-answer-chars", type=int, default=defaults.max_answer_chars, metavar="N",
                    help=f"stop reading an answer longer than this, keeping what came (default "

@@ -7,10 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Union
 
-# Omost's own defaults (OMOST.md, "LLM chat").
-DEFAULT_TEMPERATURE = 0.6
-DEFAULT_TOP_P = 0.9
-DEFAULT_MAX_NEW_TOKENS = 4096
+
 DEFAULT_PROMPT_LOOKUP_TOKENS = 10
 # The client-side cap on an answer's length: the canvas parser's own limit (parser.MAX_ANSWER_CHARS), so an
 # answer cut here could not have been read as a canvas anyway; real Omost answers are 5,000-30,000 characters.
@@ -36,6 +33,37 @@ def _real(value) -> float:
 
 
 @dataclass(frozen=True)
+class SamplingSetting:
+    """One numeric LLM sampling setting, declared once: GenerationSettings' default and validation, the CLI's
+    default and the WebUI control's range and default all come from here (``step`` is the control's)."""
+    name: str
+    label: str
+    default: float
+    minimum: float
+    maximum: float
+    step: float
+    whole: bool = False
+    note: str = ""                  # after the range in the message
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` is not allowed (naming the setting and its range), or None."""
+        if self.whole:
+            if isinstance(value, bool) or not isinstance(value, int) or not self.minimum <= value <= self.maximum:
+                return f"{self.name} must be an integer in [{self.minimum}, {self.maximum}], got {value!r}"
+        elif not self.minimum <= _real(value) <= self.maximum:
+            return f"{self.name} must be in [{self.minimum:g}, {self.maximum:g}]{self.note}, got {value!r}"
+        return None
+
+
+# Omost's own defaults (OMOST.md, "LLM chat"); ranges as the OpenAI API takes them.
+TEMPERATURE = SamplingSetting("temperature", "Temperature (0 = greedy)", 0.6, 0.0, 2.0, 0.01, note=" (0 = greedy)")
+TOP_P = SamplingSetting("top_p", "Top p", 0.9, 0.01, 1.0, 0.01)
+MAX_NEW_TOKENS = SamplingSetting("max_new_tokens", "Max new tokens", 4096, 1, 32768, 1, whole=True)
+SAMPLING_SETTINGS = (TEMPERATURE, TOP_P, MAX_NEW_TOKENS)
+DEFAULT_TEMPERATURE, DEFAULT_TOP_P, DEFAULT_MAX_NEW_TOKENS = (s.default for s in SAMPLING_SETTINGS)
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """Sampling settings. temperature 0 means greedy decoding.
 
@@ -52,13 +80,10 @@ class GenerationSettings:
     max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS
 
     def __post_init__(self):
-        if not 0.0 <= _real(self.temperature) <= 5.0:
-            raise ValueError(f"temperature must be in [0, 5] (0 = greedy), got {self.temperature!r}")
-        if not 0.0 < _real(self.top_p) <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
-                or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        for setting in SAMPLING_SETTINGS:
+            problem = setting.problem(getattr(self, setting.name))
+            if problem:
+                raise ValueError(problem)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < 2 ** 63):
             raise ValueError(f"seed must be None or an integer in [0, 2**63), got {self.seed!r}")

@@ -77,14 +77,6 @@ ADVANCED_DEFAULTS = {
     "ca_upscale_mode": "bicubic",
 }
 
-# The original's step-fraction thresholds (active while step < int(steps * ratio)).
-ORIGINAL_STEP_RATIOS = {
-    "sd15_below_2048px": {"raunet": 0.4, "ca": 0.0},
-    "sd15_2048px_and_above": {"raunet": 0.7, "ca": 0.3},
-    "sdxl_below_4096px_aggressive": {"raunet": 8 / 50, "ca": 0.4},
-}
-
-
 # --- tables -----------------------------------------------------------------------------------------
 
 def check_family(family: str) -> str:

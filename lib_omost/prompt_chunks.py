@@ -1,24 +1,20 @@
-"""Omost's prompt encoding, tokenizer-agnostic: the prompt tree of each region and the greedy sub-prompt
-bags that turn it into 75-token chunks.
-
-Prompt tree: the global region has prefixes [global description] and suffixes detailed_descriptions +
-[tags]; a local region has prefixes [global description, description] and suffixes detailed_descriptions +
-[tags, atmosphere, style, quality_meta]. Every string is normalised (leading/trailing ", . " stripped, one
-period appended); strings that normalise to nothing are dropped.
+"""Omost's prompt encoding, tokenizer-agnostic: the greedy sub-prompt bags that turn each region's prompt
+tree (``lib_omost.canvas.prompt_tree``) into 75-token chunks.
 
 Bags: each chunk holds the region's prefixes followed by one bag of whole suffixes, so every chunk is
-self-contained. Suffixes are packed greedily in order; a suffix longer than the room left stands alone, cut
-to fit. A region's conditioning is its chunks concatenated. Token counts come from a pluggable counter
-(the WebUI's CLIP tokenizer; ``count_words`` here).
+self-contained and at most 75 tokens (Omost's code; its README's example implies under 75). Suffixes are
+packed greedily in order; a suffix longer than the room left stands alone, cut to fit. A region's
+conditioning is its chunks concatenated. Token counts come from a pluggable counter (the WebUI's CLIP
+tokenizer; ``count_words`` here).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
-from lib_omost.canvas.model import Canvas, GlobalRegion, Region, ordered_regions
+from lib_omost.canvas.model import Canvas
+from lib_omost.canvas.prompt_tree import RegionPrompt, canvas_prompts
 
 TokenCounter = Callable[[str], int]
 Cutter = Callable[[str, int, TokenCounter], str]
@@ -26,39 +22,7 @@ Cutter = Callable[[str, int, TokenCounter], str]
 CHUNK_TOKENS = 75  # CLIP's 77 minus the start and end tokens
 MAX_PREFIX_TOKENS = 50  # longer prefixes are cut, so every chunk keeps room for its suffixes
 
-_EDGES = re.compile(r"^[\s,.]+|[\s,.]+$")
 _WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
-
-
-def normalize_prompt(text: str) -> str:
-    """Strip leading/trailing commas, periods and spaces and end with one period ('' stays '')."""
-    core = _EDGES.sub("", text)
-    return core + "." if core else ""
-
-
-@dataclass(frozen=True)
-class RegionPrompt:
-    prefixes: tuple[str, ...]
-    suffixes: tuple[str, ...]
-
-
-def _normalized(texts: Iterable[str]) -> tuple[str, ...]:
-    return tuple(n for n in map(normalize_prompt, texts) if n)
-
-
-def global_prompt(g: GlobalRegion) -> RegionPrompt:
-    return RegionPrompt(_normalized([g.description]), _normalized([*g.detailed_descriptions, g.tags]))
-
-
-def local_prompt(g: GlobalRegion, r: Region) -> RegionPrompt:
-    return RegionPrompt(_normalized([g.description, r.description]),
-                        _normalized([*r.detailed_descriptions, r.tags, r.atmosphere, r.style, r.quality_meta]))
-
-
-def canvas_prompts(canvas: Canvas) -> list[RegionPrompt]:
-    """The prompt tree of every region: global first, then far to near (the order of region_masks)."""
-    g = canvas.global_region
-    return [global_prompt(g)] + [local_prompt(g, r) for r in ordered_regions(canvas)]
 
 
 # ---- token counting and cutting ----------------------------------------------------------------------
@@ -97,18 +61,16 @@ def cut_to_tokens(text: str, limit: int, count_tokens: TokenCounter) -> str:
 
 # ---- greedy bags -------------------------------------------------------------------------------------
 
-def pack_bags(lengths: Sequence[int], room: int, *, inclusive: bool = False) -> list[list[int]]:
-    """Greedy bags of item indices, in order: an item joins the current bag while the bag stays under
-    ``room`` tokens (at most ``room`` when ``inclusive``), else it starts a new bag; an item that alone
-    exceeds that stands alone (the caller cuts it). Room 75 with 25, 35, 5, 60, 15, 25 gives
-    [0, 1, 2], [3], [4, 5] (the worked example in OMOST.md, which implies the strict rule);
-    ``inclusive`` reproduces the original Omost test (a new bag only when the sum would exceed room),
-    which gives [0, 1, 2], [3, 4], [5]."""
-    capacity = room if inclusive else room - 1
+def pack_bags(lengths: Sequence[int], room: int) -> list[list[int]]:
+    """Greedy bags of item indices, in order: an item joins the current bag while the bag stays at most
+    ``room`` tokens, else it starts a new bag; an item that alone exceeds that stands alone (the caller
+    cuts it). This is Omost's code (a new bag only when the sum would exceed the room), so a chunk may hold
+    exactly 75 tokens: room 75 with 25, 35, 5, 60, 15, 25 gives [0, 1, 2], [3, 4], [5] (the worked example
+    in Omost's README, whose [0, 1, 2], [3], [4, 5] would need "under 75", follows its text, not its code)."""
     bags: list[list[int]] = []
     total = 0
     for i, n in enumerate(lengths):
-        if bags and total + n <= capacity:
+        if bags and total + n <= room:
             bags[-1].append(i)
             total += n
         else:
@@ -132,15 +94,14 @@ def fit_prefixes(prefixes: Sequence[str], limit: int, count_tokens: TokenCounter
 
 def region_chunks(prompt: RegionPrompt, count_tokens: TokenCounter = count_words, *,
                   chunk_tokens: int = CHUNK_TOKENS, max_prefix_tokens: int = MAX_PREFIX_TOKENS,
-                  inclusive: bool = False, cut: Cutter = cut_to_tokens) -> list[str]:
-    """The chunk texts of one region: prefixes + one bag each (at least one chunk)."""
+                  cut: Cutter = cut_to_tokens) -> list[str]:
+    """The chunk texts of one region: prefixes + one bag each (at least one chunk), at most chunk_tokens."""
     prefixes = fit_prefixes(prompt.prefixes, min(max_prefix_tokens, chunk_tokens - 1), count_tokens, cut)
     room = chunk_tokens - sum(count_tokens(p) for p in prefixes)
-    capacity = room if inclusive else room - 1
     lengths = [count_tokens(s) for s in prompt.suffixes]
-    suffixes = [s if n <= capacity else cut(s, capacity, count_tokens) for s, n in zip(prompt.suffixes, lengths)]
-    lengths = [n if n <= capacity else count_tokens(s) for s, n in zip(suffixes, lengths)]
-    bags = pack_bags(lengths, room, inclusive=inclusive)
+    suffixes = [s if n <= room else cut(s, room, count_tokens) for s, n in zip(prompt.suffixes, lengths)]
+    lengths = [n if n <= room else count_tokens(s) for s, n in zip(suffixes, lengths)]
+    bags = pack_bags(lengths, room)
     return [" ".join([*prefixes, *(suffixes[i] for i in bag)]) for bag in bags] or [" ".join(prefixes)]
 
 
