@@ -493,3 +493,12 @@ def test_too_many_negative_chunks_are_refused_before_encoding():
         note = refused.extra_generation_params["Omost note"]
         assert "negative prompts make" in note and "did not run" in note
         assert torch.equal(refused.latents, plain.latents)
+
+
+def test_the_readme_example_with_negatives_loads():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index("### Negative prompt per region"):]
+    example = re.search(r"```json\n(.*?)```", section, re.S).group(1)
+    canvas = load_canvas_text(example).canvas
+    assert canvas.global_region.negative == "lowres, watermark"
+    assert [r.negative for r in canvas.regions] == ["extra fingers, (deformed hands:1.2)", "blue, rust"]
