@@ -18,6 +18,7 @@ from lib_omost.canvas.model import MAX_CANVAS_TEXT_CHARS, MAX_TEXT_CHARS
 from lib_omost.features import omost
 from lib_omost.model_info import ModelInfo
 from tests.standin import harness
+from tests.test_omost_blending import record_blending
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TITLE = "Omost"
@@ -221,6 +222,16 @@ def stage_inputs(seed=0, own_tokens=5, negatives_len=6):
     return canvas, cond_regions, negative_regions, q, k, v
 
 
+def other_negative_tokens(negative_regions, region, k, v, own_tokens=5):
+    """k, v with the uncond rows' (0, 1) tokens of one region's negative replaced by other random ones."""
+    tokens = own_tokens + torch.nonzero(negative_regions == region).flatten()
+    k2, v2 = k.clone(), v.clone()
+    g = torch.Generator().manual_seed(7)
+    k2[:2, tokens] = torch.randn(2, len(tokens), k.shape[2], generator=g, dtype=k.dtype)
+    v2[:2, tokens] = torch.randn(2, len(tokens), v.shape[2], generator=g, dtype=v.dtype)
+    return k2, v2
+
+
 def stage_call(own_tokens=5, uncond_rows=(0, 1)):
     options = {omost.UNCOND_TOKENS: own_tokens} if own_tokens else {}
     return AttnCall(layer=LayerKey("input", 1, 0), heads=2, hw=(12, 18), latent_hw=(12, 18),
@@ -267,11 +278,7 @@ def test_hard_mask_methods_change_uncond_rows_only_inside_the_region(method):
     """Changing the nearest region's negative tokens changes the uncond rows' output only at its pixels."""
     canvas, regions, negative_regions, q, k, v = stage_inputs()
     near = len(canvas.regions)
-    tokens = 5 + torch.nonzero(negative_regions == near).flatten()
-    k2, v2 = k.clone(), v.clone()
-    g = torch.Generator().manual_seed(7)
-    k2[:2, tokens] = torch.randn(2, len(tokens), 16, generator=g, dtype=torch.float64)
-    v2[:2, tokens] = torch.randn(2, len(tokens), 16, generator=g, dtype=torch.float64)
+    k2, v2 = other_negative_tokens(negative_regions, near, k, v)
     stage = make_stage(canvas, regions, method, negative_regions)
     before, after = stage(q, k, v, stage_call(), outer), stage(q, k2, v2, stage_call(), outer)
     inside = torch.from_numpy(region_masks(canvas, 12, 18))[near].flatten()
@@ -363,19 +370,7 @@ def test_blending_uncond_prediction_is_the_weighted_masked_negatives(flavour, mo
     """The WebUI's batching of our masked unconds gives sum_k w_k pred_k (pred_k: that uncond alone), and
     changing one region's negative moves the uncond prediction only inside that region, exactly."""
     ui = harness.start_webui([ROOT])
-    from lib_omost.forge import omost_run
-    seen = []
-    made = omost_run.blending_modifier
-
-    def recording(*args, **kwargs):
-        modifier = made(*args, **kwargs)
-
-        def record(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
-            out = modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed)
-            seen.append((model, x.clone(), timestep.clone(), out[3], model_options))
-            return out
-        return record
-    monkeypatch.setattr(omost_run, "blending_modifier", recording)
+    seen = record_blending(monkeypatch, items_at=3)          # the unconds the modifier returns
     canvas = with_negatives("lowres", "blurry, extra fingers", "cartoon")
     for c in (canvas, changed_near_negative(canvas)):
         ui.txt2img(script_args=args_for(ui, as_json(c), omost.BLEND), prompt="a cat",
@@ -412,11 +407,7 @@ def test_densediffusion_pushes_a_region_negative_into_its_region():
     a fraction of the change inside (measured: inside / other regions = 6.8)."""
     canvas, regions, negative_regions, q, k, v = stage_inputs()
     near = len(canvas.regions)
-    tokens = 5 + torch.nonzero(negative_regions == near).flatten()
-    k2, v2 = k.clone(), v.clone()
-    g = torch.Generator().manual_seed(7)
-    k2[:2, tokens] = torch.randn(2, len(tokens), 16, generator=g, dtype=torch.float64)
-    v2[:2, tokens] = torch.randn(2, len(tokens), 16, generator=g, dtype=torch.float64)
+    k2, v2 = other_negative_tokens(negative_regions, near, k, v)
     stage = make_stage(canvas, regions, omost.DENSE, negative_regions)
     change = (stage(q, k, v, stage_call(), outer) - stage(q, k2, v2, stage_call(), outer)).abs().mean(dim=(0, 2))
     masks = torch.from_numpy(region_masks(canvas, 12, 18)).flatten(1)
