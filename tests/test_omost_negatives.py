@@ -493,3 +493,41 @@ def test_the_readme_example_with_negatives_loads():
     canvas = load_canvas_text(example).canvas
     assert canvas.global_region.negative == "lowres, watermark"
     assert [r.negative for r in canvas.regions] == ["extra fingers, (deformed hands:1.2)", "blue, rust"]
+
+
+def test_context_wrapper_extends_uncond_rows_and_keeps_swapping_the_pooled_vector():
+    from lib_omost.forge.omost_run import context_wrapper
+    seen = {}
+
+    def apply_model(x, t, **c):
+        seen.update(c)
+        return x
+    canvas_context, vector = torch.full((6, 2), 3.0), torch.full((4,), 7.0)
+    negatives = torch.full((4, 2), -1.0)
+    wrapper = context_wrapper(canvas_context, vector, None, torch.zeros(2, 2), negatives)
+    own = torch.cat([torch.zeros(2, 4, 2), torch.ones(2, 4, 2)])             # uncond rows first, 2 images
+    c = {"c_crossattn": own.repeat(1, 2, 1), "y": torch.zeros(4, 4),           # repeated by the WebUI to 8
+         "transformer_options": {omost.UNCOND_TOKENS: 4}}
+    wrapper(apply_model, {"input": torch.zeros(4), "timestep": torch.zeros(4), "c": c, "cond_or_uncond": [1, 0]})
+    context = seen["c_crossattn"]
+    assert context.shape == (4, 24, 2)                   # LCM of 6 (canvas) and 4 + 4 (uncond)
+    assert torch.equal(context[:2], torch.cat([own[:2], negatives.expand(2, -1, -1)], 1).repeat(1, 3, 1))
+    assert context[2:].eq(3).all()
+    assert seen["y"][:2].eq(0).all() and seen["y"][2:].eq(7).all()
+    seen.clear()
+    wrapper(apply_model, {"input": torch.zeros(2), "timestep": torch.zeros(2), "cond_or_uncond": [0],
+                          "c": {"c_crossattn": own[2:], "y": torch.zeros(2, 4)}})   # CFG 1: no uncond rows
+    assert seen["c_crossattn"].eq(3).all() and seen["y"].eq(7).all()
+
+
+def test_sdxl_every_method_with_negatives_and_a_long_negative_prompt():
+    with harness.use_flavour("forge"):
+        ui = harness.start_webui([ROOT], family="sdxl")
+        canvas = as_json(with_negatives("lowres", "blurry"))
+        for method in omost.METHODS:
+            kwargs = dict(prompt="a cat", negative_prompt=" ".join(["ugly"] * 90), cfg_scale=5, width=72,
+                          height=56, batch_size=2)
+            plain = ui.txt2img(script_args=args_for(ui, CANVAS, method), **kwargs).latents
+            ours = ui.txt2img(script_args=args_for(ui, canvas, method), **kwargs).latents
+            assert torch.isfinite(ours).all() and not torch.equal(plain, ours), method
+        assert harness.reported_errors() == []

@@ -99,12 +99,10 @@ def context_wrapper(context: torch.Tensor, vector, previous, filler: torch.Tenso
         c = dict(args["c"])
         chunks = args["cond_or_uncond"]
         own_tokens = c.get("transformer_options", {}).get(omost.UNCOND_TOKENS) if negatives is not None else None
-        if own_tokens:
-            c["c_crossattn"] = omost.swap_context(c["c_crossattn"], chunks, context, filler,
-                                                  negatives=negatives, own_tokens=own_tokens)
-        elif 0 in chunks:
-            c["c_crossattn"] = omost.swap_context(c["c_crossattn"], chunks, context, filler)
-            if vector is not None and c.get("y") is not None:
+        if 0 in chunks or own_tokens:
+            extra = {"negatives": negatives, "own_tokens": own_tokens} if own_tokens else {}
+            c["c_crossattn"] = omost.swap_context(c["c_crossattn"], chunks, context, filler, **extra)
+            if 0 in chunks and vector is not None and c.get("y") is not None:
                 c["y"] = omost.swap_rows(c["y"], chunks, vector)
         if previous is not None:
             return previous(apply_model, {**args, "c": c})
