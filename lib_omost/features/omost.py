@@ -4,7 +4,8 @@ regional cross-attention stage.
 A canvas becomes one long conditioning: every region's greedy sub-prompt chunks (global first, then far to
 near), each encoded as one 77-token CLIP chunk and concatenated, with a token -> region map. For every UNet
 call the rows of positive-prompt chunks get this context in place of the prompt box's (``swap_context``;
-uncond rows keep the negative prompt). One UNet call needs one context length: both are repeated to their
+uncond rows keep the negative prompt, followed by the canvas's own negatives when regions have them, with
+their own token -> region map: the WebUI's negative prompt is the global region's). One UNet call needs one context length: both are repeated to their
 least common multiple, which leaves attention unchanged, while that is at most 4 x the longer; beyond that the
 shorter is repeated whole as often as it fits and filled up with the empty prompt's tokens (A1111's "pad
 prompt/negative prompt to be same length"), so the context never exceeds 4 x the longer one
@@ -13,7 +14,8 @@ method until ``end percent`` of sampling; after that the whole canvas text is pl
 
 Prediction blending (``BLEND``) works on the predictions instead: every region becomes its own masked cond
 (its own chunks as context) through the WebUI's masked-condition support, one UNet row per region, and the
-WebUI averages the predictions by mask (``blend_weights``).
+WebUI averages the predictions by mask (``blend_weights``); with canvas negatives the uncond is masked the
+same way, each region's being the WebUI's negative prompt followed by the global and its own negatives.
 
 The prompt box: with "append to global" its text is added to the global region as its last sub-prompt
 (so it reaches every pixel); "ignore" leaves it out (stated in the infotext).
