@@ -16,7 +16,6 @@ from lib_omost.canvas import (CanvasError, canvas_to_code, canvas_to_comfyui, ca
 from lib_omost.canvas.cli import main as layout_main
 from lib_omost.canvas.model import MAX_CANVAS_TEXT_CHARS, MAX_TEXT_CHARS
 from lib_omost.features import omost
-from lib_omost.model_info import ModelInfo
 from tests.standin import harness
 from tests.test_omost_blending import record_blending
 

@@ -5,7 +5,8 @@ A canvas becomes one long conditioning: every region's greedy sub-prompt chunks 
 near), each encoded as one 77-token CLIP chunk and concatenated, with a token -> region map. For every UNet
 call the rows of positive-prompt chunks get this context in place of the prompt box's (``swap_context``;
 uncond rows keep the negative prompt, followed by the canvas's own negatives when regions have them, with
-their own token -> region map: the WebUI's negative prompt is the global region's). One UNet call needs one context length: both are repeated to their
+their own token -> region map: the WebUI's negative prompt is the global region's). One UNet call needs one
+context length: both are repeated to their
 least common multiple, which leaves attention unchanged, while that is at most 4 x the longer; beyond that the
 shorter is repeated whole as often as it fits and filled up with the empty prompt's tokens (A1111's "pad
 prompt/negative prompt to be same length"), so the context never exceeds 4 x the longer one
