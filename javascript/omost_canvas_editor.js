@@ -22,9 +22,10 @@
         ['tags', 'Tags', 'input'],
         ['atmosphere', 'Atmosphere', 'input'],
         ['style', 'Style', 'input'],
-        ['quality_meta', 'Quality / meta', 'input']
+        ['quality_meta', 'Quality / meta', 'input'],
+        ['negative', 'Negative prompt (yours: never sent to the LLM)', 'input']
     ];
-    var GLOBAL_FIELDS = ['description', 'detailed_descriptions', 'tags'];
+    var GLOBAL_FIELDS = ['description', 'detailed_descriptions', 'tags', 'negative'];
     var RECT_SIDES = ['top', 'bottom', 'left', 'right'];
 
     function model() { return ns.model; }
@@ -432,6 +433,7 @@
         var sel = this.selected;
         this.edit(function (doc) {
             var target = sel >= 0 ? doc.regions[sel] : doc.global;
+            if (field === 'negative' && !value) { delete target.negative; return; }   // no key when empty
             target[field] = field === 'detailed_descriptions'
                 ? value.split('\n').map(function (s) { return s.trim(); }).filter(Boolean)
                 : value;
@@ -811,7 +813,7 @@
             }
         };
         GLOBAL_FIELDS.concat(isRegion ? ['atmosphere', 'style', 'quality_meta'] : []).forEach(function (f) {
-            set(f, f === 'detailed_descriptions' ? target[f].join('\n') : target[f]);
+            set(f, f === 'detailed_descriptions' ? target[f].join('\n') : target[f] || '');
         });
         if (isRegion) {
             set('distance', String(target.distance));

@@ -170,6 +170,15 @@
         }
     }
 
+    /* The optional negative prompt: a string, dropped when empty (the canvas JSON omits it then). */
+    function checkNegative(obj, path) {
+        var v = obj.negative;
+        if (v === undefined || v === null || v === '') { delete obj.negative; return; }
+        if (typeof v !== 'string') {
+            throw new FormatError(path + '.negative', 'must be a string (a negative prompt), got ' + describe(v));
+        }
+    }
+
     function checkLines(obj, path) {
         var v = obj.detailed_descriptions;
         if (v === undefined || v === null) { obj.detailed_descriptions = []; return; }
@@ -223,6 +232,7 @@
             throw new FormatError(path + '.distance', 'must be a number > 0, got ' + describe(region.distance));
         }
         TEXT_FIELDS.forEach(function (k) { checkString(region, k, path); });
+        checkNegative(region, path);
         checkLines(region, path);
         checkColor(region, path);
         if (region.weight !== undefined && !(isNumber(region.weight) && region.weight >= 0 && region.weight <= 2)) {
@@ -251,6 +261,7 @@
         checkString(g, 'description', 'global');
         checkString(g, 'tags', 'global');
         checkLines(g, 'global');
+        checkNegative(g, 'global');
         checkColor(g, 'global');
         if (!Array.isArray(doc.regions)) {
             throw new FormatError('regions', 'must be a list, got ' + describe(doc.regions));

@@ -127,9 +127,9 @@ def test_changing_one_region_changes_the_image_only_inside_it(flavour):
     assert difference[inside].max() > 1e-3
 
 
-def test_the_webui_averages_the_region_predictions_by_weight(flavour, monkeypatch):
-    """Our masked conds through the WebUI's own batching give sum_k w_k pred_k, pred_k run alone."""
-    ui = harness.start_webui([ROOT])
+def record_blending(monkeypatch, items_at=4):
+    """Every call of prediction blending's modifier, recorded as (model, x, sigma, the items it returns at
+    ``items_at`` (4: the conds, 3: the unconds), model_options)."""
     from lib_omost.forge import omost_run
     seen = []
     made = omost_run.blending_modifier
@@ -139,10 +139,17 @@ def test_the_webui_averages_the_region_predictions_by_weight(flavour, monkeypatc
 
         def record(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
             out = modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed)
-            seen.append((model, x.clone(), timestep.clone(), out[4], model_options))
+            seen.append((model, x.clone(), timestep.clone(), out[items_at], model_options))
             return out
         return record
     monkeypatch.setattr(omost_run, "blending_modifier", recording)
+    return seen
+
+
+def test_the_webui_averages_the_region_predictions_by_weight(flavour, monkeypatch):
+    """Our masked conds through the WebUI's own batching give sum_k w_k pred_k, pred_k run alone."""
+    ui = harness.start_webui([ROOT])
+    seen = record_blending(monkeypatch)
     ui.txt2img(script_args=blend_args(ui, strength=0.6), prompt="a cat", cfg_scale=5, steps=1, batch_size=2,
                width=72, height=56)
     assert harness.reported_errors() == []

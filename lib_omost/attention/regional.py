@@ -210,6 +210,30 @@ def attention_by_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     return out
 
 
+def attention_by_row_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                            groups: Sequence[tuple[Sequence[int], RegionalFn]]) -> torch.Tensor:
+    """Each group's function on its batch rows (plain attention on rows in no group): the cond rows with
+    the canvas's regional layout and the uncond rows with the negatives' own. Every run of consecutive rows
+    of one group is one call on a slice (the usual batch is uncond rows then cond rows: two calls)."""
+    batch = q.shape[0]
+    owner: list[int | None] = [None] * batch
+    for g, (rows, _) in enumerate(groups):
+        for r in rows:
+            if not 0 <= int(r) < batch or owner[int(r)] is not None:
+                raise ValueError(f"row {r} of a batch of {batch} is out of range or in two row groups")
+            owner[int(r)] = g
+    parts, start = [], 0
+    while start < batch:
+        end = start + 1
+        while end < batch and owner[end] == owner[start]:
+            end += 1
+        rows = slice(start, end)
+        fn = (lambda q_, k_, v_: attention(q_, k_, v_, heads)) if owner[start] is None else groups[owner[start]][1]
+        parts.append(fn(q[rows], k[rows], v[rows]))
+        start = end
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 # --------------------------------------------------------------------- partial attentions
 
 @dataclass(frozen=True)
@@ -447,35 +471,45 @@ class CoupleLayout:
     weights: torch.Tensor | None = None     # average: [P] mixing weight of every packed query; overlay: None
 
 
-def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_weights=None) -> torch.Tensor:
+def couple_weights(region_masks: torch.Tensor, mode: str = "average", region_weights=None,
+                   to_global: Sequence[int] = ()) -> torch.Tensor:
     """``[R, N]`` mixing weights of attention couple (float64).
 
     average: ``w_r(i) = u_r m_r(i) / sum_s u_s m_s(i)`` (``u`` = region_weights, default 1; soft masks
     allowed). overlay: 1 for the nearest region containing pixel i (the last one in far -> near order), 0
-    for the others (``region_weights`` do not apply).
+    for the others (``region_weights`` do not apply). The regions in ``to_global`` hand their weight to the
+    global region 0 (a region whose text is the global one: a region without its own negative prompt).
     """
     if mode not in COUPLE_MODES:
         raise ValueError(f"attention couple mode {mode!r} is not one of {', '.join(COUPLE_MODES)}")
     if mode == "overlay":
-        owner = owner_regions(region_masks)
-        return F.one_hot(owner, region_masks.shape[0]).t().double()
-    weights = _region_weights(region_weights, region_masks.shape[0], region_masks.device)
-    weighted = region_masks.double() * weights[:, None]
-    total = weighted.sum(0)
-    if not bool((total > 0).all()):
-        raise ValueError("some pixels have no region with a positive mask and weight; the global region "
-                         "(region 0) must cover the canvas with a weight above 0")
-    return weighted / total
+        weights = F.one_hot(owner_regions(region_masks), region_masks.shape[0]).t().double()
+    else:
+        units = _region_weights(region_weights, region_masks.shape[0], region_masks.device)
+        weighted = region_masks.double() * units[:, None]
+        total = weighted.sum(0)
+        if not bool((total > 0).all()):
+            raise ValueError("some pixels have no region with a positive mask and weight; the global region "
+                             "(region 0) must cover the canvas with a weight above 0")
+        weights = weighted / total
+    moved = [r for r in to_global if r != 0]
+    if moved:
+        weights[0] += weights[moved].sum(0)
+        weights[moved] = 0.0
+    return weights
 
 
 def couple_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, context_len: int, *,
                   mode: str = "average", strength: float = 1.0, region_weights=None,
-                  dtype: torch.dtype = torch.float32, block: int = QUERY_BLOCK) -> CoupleLayout:
+                  dtype: torch.dtype = torch.float32, block: int = QUERY_BLOCK,
+                  tokenless_to_global: bool = False) -> CoupleLayout:
     """Validate and prepare attention couple: ``y_i = sum_r w_r(i) softmax(q_i K_r^T / sqrt d) V_r``.
 
     ``mode`` "average" uses ``couple_weights`` (soft masks and ``region_weights`` allowed); "overlay" gives
     each pixel to its nearest region (bool masks). ``strength`` in [0, 1] blends with plain attention over
-    the whole context: ``(1 - strength) * plain + strength * couple``.
+    the whole context: ``(1 - strength) * plain + strength * couple``. A region without tokens is an error,
+    unless ``tokenless_to_global``: then its weight goes to the global region (the negative prompts, where
+    a region without its own uses the global one).
     """
     strength = _check_strength(strength, maximum=1.0)
     if mode not in COUPLE_MODES:
@@ -484,8 +518,9 @@ def couple_layout(token_regions: torch.Tensor, region_masks: torch.Tensor, conte
     regions = _check_regions(token_regions, region_masks, context_len, hard=(mode == "overlay"))
     if strength == 0.0:
         return CoupleLayout(n_pixels, context_len, mode, strength)
-    weights = couple_weights(region_masks, mode, region_weights)
     present, tokens = _groups_of(regions, region_masks.shape[0])
+    tokenless = [r for r in range(region_masks.shape[0]) if r not in present] if tokenless_to_global else []
+    weights = couple_weights(region_masks, mode, region_weights, to_global=tokenless)
     used = weights > 0
     for r in set(range(len(weights))) - set(present):
         if bool(used[r].any()):

@@ -11,6 +11,7 @@ from lib_omost.canvas.model import (
     CanvasError,
     GlobalRegion,
     Region,
+    has_negatives,
     located_region,
     ordered_indices,
     ordered_regions,
@@ -23,7 +24,8 @@ from lib_omost.canvas.render import color_preview, layout_sheet, overlay_image
 __all__ = [
     "AREAS", "Canvas", "CanvasError", "GRID", "GlobalRegion", "HTML_COLORS", "IncrementalParser", "LOCATIONS",
     "OFFSETS", "ParseResult", "Region", "canvas_from_json", "canvas_to_code", "canvas_to_comfyui",
-    "canvas_to_json", "color_preview", "color_rgb", "example_canvas", "layout_sheet", "load_canvas_text",
+    "canvas_to_json", "color_preview", "color_rgb", "example_canvas", "has_negatives", "layout_sheet",
+    "load_canvas_text",
     "located_region", "nearest_location", "ordered_indices", "ordered_regions", "overlay_image",
     "parse_answer", "rect_from_location", "region_masks", "validate_canvas",
 ]

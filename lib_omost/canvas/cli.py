@@ -11,8 +11,8 @@ import sys
 from lib_omost.canvas.codegen import canvas_to_code
 from lib_omost.canvas.colors import color_label
 from lib_omost.canvas.example import example_canvas
-from lib_omost.canvas.jsonio import canvas_to_comfyui, canvas_to_json, load_canvas_text
-from lib_omost.canvas.model import MAX_INPUT_CHARS, Canvas, CanvasError, ordered_indices, region_masks
+from lib_omost.canvas.jsonio import COMFYUI_DROPS_NEGATIVES, canvas_to_comfyui, canvas_to_json, load_canvas_text
+from lib_omost.canvas.model import MAX_INPUT_CHARS, Canvas, CanvasError, has_negatives, ordered_indices, region_masks
 from lib_omost.canvas.parser import ParseResult
 from lib_omost.canvas.render import check_layout_size, layout_sheet
 from lib_omost.terminal import printable
@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_region_map(canvas))
     for note in result.notes:
         print(printable(f"note: {note}"))
+    if args.comfyui and has_negatives(canvas):
+        print(f"note: {COMFYUI_DROPS_NEGATIVES}")
     try:
         written = write_canvas_outputs(canvas, png=args.png, json_path=args.json, comfyui=args.comfyui,
                                        code=args.code, width=args.width, height=args.height)

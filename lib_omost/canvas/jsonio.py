@@ -10,6 +10,7 @@ from lib_omost.canvas.colors import as_rgb_triple, color_name_of, color_rgb
 from lib_omost.canvas.geometry import FULL_RECT
 from lib_omost.canvas.model import (
     MAX_INPUT_CHARS,
+    NEGATIVE,
     Canvas,
     CanvasError,
     Region,
@@ -39,23 +40,34 @@ def canvas_to_json(canvas: Canvas) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
-        "global": {"description": g.description, "detailed_descriptions": list(g.detailed_descriptions),
-                   "tags": g.tags, "color": _color_json(g.color)},
+        "global": _with_negative({"description": g.description, "detailed_descriptions": list(g.detailed_descriptions),
+                                  "tags": g.tags, "color": _color_json(g.color)}, g.negative),
         "regions": [_region_json(r) for r in canvas.regions],
     }
 
 
+def _with_negative(fields: dict, negative: str) -> dict:
+    """A region's JSON with its negative prompt last, and without the key when there is none (canvases
+    without negatives keep their JSON, and so their infotext, byte for byte)."""
+    return {**fields, NEGATIVE: negative} if negative else fields
+
+
 def _region_json(r: Region) -> dict:
-    return {"location": r.location, "offset": r.offset, "area": r.area, "rect": list(r.rect),
-            "distance": r.distance, "description": r.description,
-            "detailed_descriptions": list(r.detailed_descriptions), "tags": r.tags,
-            "atmosphere": r.atmosphere, "style": r.style, "quality_meta": r.quality_meta,
-            "color": _color_json(r.color), "weight": r.weight}
+    return _with_negative({"location": r.location, "offset": r.offset, "area": r.area, "rect": list(r.rect),
+                           "distance": r.distance, "description": r.description,
+                           "detailed_descriptions": list(r.detailed_descriptions), "tags": r.tags,
+                           "atmosphere": r.atmosphere, "style": r.style, "quality_meta": r.quality_meta,
+                           "color": _color_json(r.color), "weight": r.weight}, r.negative)
+
+
+COMFYUI_DROPS_NEGATIVES = ("the ComfyUI_omost list form has no negative prompts: the regions' negatives are "
+                           "not in it")
 
 
 def canvas_to_comfyui(canvas: Canvas) -> list:
     """The ComfyUI_omost list: global first, then regions far to near, each
-    {"rect", "prefixes", "suffixes", "color": [r, g, b]} with the normalised prompt tree."""
+    {"rect", "prefixes", "suffixes", "color": [r, g, b]} with the normalised prompt tree. Negative prompts
+    are left out (the form has none; ``COMFYUI_DROPS_NEGATIVES`` is the note for a canvas that has them)."""
     g = canvas.global_region
     items = [(FULL_RECT, global_prompt(g), g.color)]
     items += [(r.rect, local_prompt(g, r), r.color) for r in ordered_regions(canvas)]

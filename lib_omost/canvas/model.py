@@ -25,6 +25,7 @@ MAX_NUMBER = 1e9  # |x| of any number (rects lie in [0, 90], weights in [0, 2])
 WEIGHT_RANGE = (0.0, 2.0)
 
 TEXT_FIELDS = ("description", "tags", "atmosphere", "style", "quality_meta")
+NEGATIVE = "negative"       # a user's negative prompt for a region (not Omost's: the LLM never writes it)
 
 
 class CanvasError(ValueError):
@@ -42,6 +43,7 @@ class GlobalRegion:
     detailed_descriptions: list[str] = field(default_factory=list)
     tags: str = ""
     color: Color = "white"
+    negative: str = ""          # added to the WebUI's negative prompt everywhere
 
 
 @dataclass(kw_only=True)
@@ -61,6 +63,7 @@ class Region:
     offset: str | None = None
     area: str | None = None
     weight: float = 1.0
+    negative: str = ""          # the negative prompt inside this region (added to the global one)
 
 
 @dataclass
@@ -196,7 +199,8 @@ def checked_global(fields: Mapping[str, Any], path: str = "global") -> GlobalReg
                         detailed_descriptions=check_lines(fields.get("detailed_descriptions"),
                                                           f"{path}.detailed_descriptions"),
                         tags=check_text(fields.get("tags"), f"{path}.tags"),
-                        color=check_color(fields["color"], f"{path}.color"))
+                        color=check_color(fields["color"], f"{path}.color"),
+                        negative=check_text(fields.get(NEGATIVE), f"{path}.{NEGATIVE}"))
 
 
 def checked_region(fields: Mapping[str, Any], path: str) -> Region:
@@ -213,6 +217,7 @@ def checked_region(fields: Mapping[str, Any], path: str) -> Region:
                   color=check_color(fields["color"], f"{path}.color"),
                   location=location, offset=offset, area=area,
                   weight=check_weight(fields.get("weight"), f"{path}.weight"),
+                  negative=check_text(fields.get(NEGATIVE), f"{path}.{NEGATIVE}"),
                   **{k: check_text(fields.get(k), f"{path}.{k}") for k in TEXT_FIELDS})
 
 
@@ -222,11 +227,17 @@ def check_region_count(count: int, path: str = "regions") -> None:
 
 
 def global_text_chars(g: GlobalRegion) -> int:
-    return len(g.description) + len(g.tags) + sum(map(len, g.detailed_descriptions))
+    return len(g.description) + len(g.tags) + len(g.negative) + sum(map(len, g.detailed_descriptions))
 
 
 def region_text_chars(region: Region) -> int:
-    return sum(len(getattr(region, k)) for k in TEXT_FIELDS) + sum(map(len, region.detailed_descriptions))
+    return (sum(len(getattr(region, k)) for k in TEXT_FIELDS) + len(region.negative)
+            + sum(map(len, region.detailed_descriptions)))
+
+
+def has_negatives(canvas: Canvas) -> bool:
+    """Whether any region (or the global one) carries its own negative prompt."""
+    return any(r.negative for r in [canvas.global_region, *canvas.regions])
 
 
 def canvas_text_chars(canvas: Canvas) -> int:

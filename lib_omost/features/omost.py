@@ -4,7 +4,9 @@ regional cross-attention stage.
 A canvas becomes one long conditioning: every region's greedy sub-prompt chunks (global first, then far to
 near), each encoded as one 77-token CLIP chunk and concatenated, with a token -> region map. For every UNet
 call the rows of positive-prompt chunks get this context in place of the prompt box's (``swap_context``;
-uncond rows keep the negative prompt). One UNet call needs one context length: both are repeated to their
+uncond rows keep the negative prompt, followed by the canvas's own negatives when regions have them, with
+their own token -> region map: the WebUI's negative prompt is the global region's). One UNet call needs one
+context length: both are repeated to their
 least common multiple, which leaves attention unchanged, while that is at most 4 x the longer; beyond that the
 shorter is repeated whole as often as it fits and filled up with the empty prompt's tokens (A1111's "pad
 prompt/negative prompt to be same length"), so the context never exceeds 4 x the longer one
@@ -13,7 +15,8 @@ method until ``end percent`` of sampling; after that the whole canvas text is pl
 
 Prediction blending (``BLEND``) works on the predictions instead: every region becomes its own masked cond
 (its own chunks as context) through the WebUI's masked-condition support, one UNet row per region, and the
-WebUI averages the predictions by mask (``blend_weights``).
+WebUI averages the predictions by mask (``blend_weights``); with canvas negatives the uncond is masked the
+same way, each region's being the WebUI's negative prompt followed by the global and its own negatives.
 
 The prompt box: with "append to global" its text is added to the global region as its last sub-prompt
 (so it reaches every pixel); "ignore" leaves it out (stated in the infotext).
@@ -31,8 +34,9 @@ import numpy as np
 import torch
 
 from lib_omost.attention.plan import ATTN2, AttnCall
-from lib_omost.attention.regional import (attention_couple, couple_layout, dense_cross_layout,
-                                          densediffusion_attention, omost_attention, omost_layout)
+from lib_omost.attention.regional import (attention_by_row_groups, attention_couple, couple_layout,
+                                          dense_cross_layout, densediffusion_attention, omost_attention,
+                                          omost_layout)
 from lib_omost.canvas import Canvas, CanvasError, canvas_to_json, example_canvas, ordered_regions, region_masks
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, JSON, Feature, Param
@@ -47,6 +51,7 @@ APPEND, IGNORE = "append to global region", "ignore"
 CHUNK_TOKENS = 77                   # one CLIP chunk
 MAX_CONTEXT_CHUNKS = 256            # per canvas: ~9 x a long real answer (28 chunks for 4 detailed regions)
 MAX_CONTEXT_REPEAT = 4              # contexts of one UNet call are repeated to their LCM up to 4 x the longer
+UNCOND_TOKENS = "omost_uncond_tokens"   # transformer_options: tokens of the WebUI's negative prompt this step
 
 FEATURE = Feature("omost", "Omost", (
     Param("canvas", "Canvas", JSON, json.dumps(canvas_to_json(example_canvas()), ensure_ascii=False, indent=2),
@@ -99,6 +104,20 @@ def check_chunk_count(count: int) -> None:
                           "shorten the descriptions or use fewer regions")
 
 
+def negative_texts(canvas: Canvas) -> list[tuple[int, str]]:
+    """(region index in mask order, negative prompt) of the regions that have one: the global region 0,
+    then the regions far to near."""
+    regions = [canvas.global_region, *ordered_regions(canvas)]
+    return [(index, region.negative) for index, region in enumerate(regions) if region.negative]
+
+
+def check_negative_chunk_count(count: int) -> None:
+    """CanvasError when the canvas's negative prompts make more chunks than one generation takes."""
+    if count > MAX_CONTEXT_CHUNKS:
+        raise CanvasError(f"the canvas's negative prompts make {count} prompt chunks, more than the "
+                          f"{MAX_CONTEXT_CHUNKS} one generation takes; shorten them")
+
+
 def token_regions(chunk_lengths: Sequence[tuple[int, int]]) -> torch.Tensor:
     """The token -> region map from (region index, token count) per encoded chunk."""
     return torch.cat([torch.full((n,), region, dtype=torch.long) for region, n in chunk_lengths])
@@ -144,15 +163,36 @@ def fit_token_regions(regions: torch.Tensor, length: int) -> torch.Tensor:
     return fit_tokens(regions[:, None], length, regions.new_zeros(1, 1))[:, 0]
 
 
+def with_negatives(context: torch.Tensor, own_tokens: int, negatives: torch.Tensor) -> torch.Tensor:
+    """Uncond rows' context [B, U + Ln, C]: the WebUI's negative prompt (its first ``own_tokens`` tokens:
+    the WebUI repeats it whole to a common length) followed by the canvas's negatives [Ln, C]."""
+    if own_tokens <= 0 or context.shape[1] % own_tokens:
+        raise ValueError(f"a context of {context.shape[1]} tokens is no repetition of a {own_tokens}-token "
+                         "negative prompt")
+    extra = negatives.to(context.device, context.dtype).expand(context.shape[0], -1, -1)
+    return torch.cat([context[:, :own_tokens], extra], dim=1)
+
+
+def negative_token_regions(own_tokens: int, regions: torch.Tensor) -> torch.Tensor:
+    """The token -> region map of ``with_negatives``' context: the WebUI's negative prompt is the global
+    region's (0), then the canvas negatives' map ``regions``."""
+    return torch.cat([regions.new_zeros(own_tokens), regions])
+
+
 def swap_context(context: torch.Tensor, cond_or_uncond: Sequence[int], regional: torch.Tensor,
-                 filler: torch.Tensor | None = None) -> torch.Tensor:
-    """The UNet call's cross-attention context with every cond chunk's rows replaced by ``regional`` [L, C].
+                 filler: torch.Tensor | None = None, negatives: torch.Tensor | None = None,
+                 own_tokens: int | None = None) -> torch.Tensor:
+    """The UNet call's cross-attention context with every cond chunk's rows replaced by ``regional`` [L, C]
+    and, given ``negatives`` and the WebUI's ``own_tokens``, the uncond rows' context extended by them
+    (``with_negatives``).
 
     All rows are brought to ``common_length`` of the lengths present (a call of cond chunks alone keeps the
     regional context's own length); ``filler`` [P, C] (the encoded empty prompt) fills up a context whose
     length does not divide it.
     """
     per, is_cond = _chunk_rows(cond_or_uncond, context.shape[0])
+    if negatives is not None and own_tokens is not None and not all(is_cond):
+        context = with_negatives(context, own_tokens, negatives)
     lengths = [regional.shape[0]] + ([context.shape[1]] if not all(is_cond) else [])
     length = common_length(lengths)
     ours = fit_tokens(regional.to(context.device, context.dtype), length, filler)
@@ -199,10 +239,40 @@ def blend_parts(full_context: torch.Tensor, contexts: Sequence[torch.Tensor], ma
     return parts + [(ctx, w) for ctx, w in zip(contexts, region_weight) if bool(w.any())]
 
 
+def negative_blend_contexts(negatives: torch.Tensor, regions: torch.Tensor,
+                            count: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Prediction blending's negatives, added to the WebUI's negative prompt: (all of them, for the whole
+    canvas part; per region [L_r, C]: the global region's, then each region's own after it). Every region
+    without its own negative gets the global region's tensor itself, so ``merged_parts`` joins them."""
+    own = region_contexts(negatives, regions, count)
+    common = own[0]
+    return negatives, [common] + [torch.cat([common, tokens]) if len(tokens) else common for tokens in own[1:]]
+
+
+def merged_parts(parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]):
+    """Parts that share one context (the same tensor) as one part with the sum of their weights: the same
+    weighted average of predictions, with one UNet row per distinct context."""
+    merged: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for context, weight in parts:
+        seen = merged.get(id(context))
+        merged[id(context)] = (context, weight if seen is None else seen[1] + weight)
+    return list(merged.values())
+
+
+def masked_uncond_items(template: dict, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+                        like: torch.Tensor) -> list[dict]:
+    """The uncond items of prediction blending: the WebUI's negative prompt (``template``'s own rows, one
+    per image) followed by each part's negatives [L, C], with that part's weight."""
+    own = template["model_conds"]["c_crossattn"].cond
+    return masked_cond_items(template, [(torch.cat([own, extra.to(own).expand(own.shape[0], -1, -1)], dim=1), w)
+                                        for extra, w in parts], None, like)
+
+
 def masked_cond_items(template: dict, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
                       vector: torch.Tensor | None, like: torch.Tensor) -> list[dict]:
     """The WebUI cond items for ``parts``, built from one of its own (``template``: its other keys and its
-    condition classes are kept; masks get ``like``'s dtype and device).
+    condition classes are kept; masks get ``like``'s dtype and device). A context is [L, C] or, one per
+    image, [B, L, C].
 
     Every item's ``strength`` is 1 / len(parts): both forks multiply CFG by the sum of the items' strengths
     (their "edit strength"), and a uniform strength cancels in the mask-weighted average.
@@ -211,13 +281,14 @@ def masked_cond_items(template: dict, parts: Sequence[tuple[torch.Tensor, torch.
     share = 1.0 / len(parts)
     items = []
     for context, weight in parts:
-        conds = {**template["model_conds"], "c_crossattn": crossattn(context[None])}
+        context = context if context.dim() == 3 else context[None]
+        conds = {**template["model_conds"], "c_crossattn": crossattn(context)}
         if vector is not None and "y" in conds:
             conds["y"] = type(conds["y"])(vector[None])
         item = {k: v for k, v in template.items() if k not in ("mask", "mask_strength", "area")}
         item.update(model_conds=conds, strength=share)
         if "cross_attn" in item:
-            item["cross_attn"] = context[None]
+            item["cross_attn"] = context
         if weight is not None:
             item["mask"] = weight[None].to(like.device, like.dtype)
         items.append(item)
@@ -238,6 +309,7 @@ class RegionalStage:
     target: str = ATTN2
     order: int = 10
     exclusive: str | None = None
+    negative_regions: torch.Tensor | None = None   # token -> region map of the canvas's negatives, if any
     layouts: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -252,33 +324,54 @@ class RegionalStage:
     def masks(self, hw: tuple[int, int]) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(region_masks(self.canvas, *hw))).flatten(1)
 
-    def layout(self, hw, context_len: int, dtype, device):
-        """Built once per (layer size, context length, dtype, device), on that device: nothing is moved or
-        converted per call."""
-        key = (hw, context_len, dtype, device)
+    def layout(self, hw, context_len: int, dtype, device, own_tokens: int | None = None):
+        """Built once per (layer size, context length, dtype, device, and for the uncond rows the length of
+        the WebUI's negative prompt), on that device: nothing is moved or converted per call."""
+        key = (hw, context_len, dtype, device, own_tokens)
         if key not in self.layouts:
             masks = self.masks(hw).to(device)
-            regions = fit_token_regions(self.regions, context_len)
+            negative = own_tokens is not None
+            base = negative_token_regions(own_tokens, self.negative_regions) if negative else self.regions
+            regions = fit_token_regions(base, context_len)
             if self.method == OMOST:
                 made = omost_layout(regions, masks, context_len, strength=self.strength,
                                     region_weights=self.weights, dtype=dtype)
             elif self.method in (COUPLE, OVERLAY):
                 made = couple_layout(regions, masks, context_len, mode="overlay" if self.method == OVERLAY
-                                     else "average", strength=self.strength, region_weights=self.weights, dtype=dtype)
+                                     else "average", strength=self.strength, region_weights=self.weights,
+                                     dtype=dtype, tokenless_to_global=negative)
             else:
                 made = dense_cross_layout(regions, masks, context_len)
             self.layouts[key] = made
         return self.layouts[key]
 
-    def __call__(self, q, k, v, call: AttnCall, inner):
-        if k.shape[1] < self.regions.shape[0] or not call.cond_rows:
-            return inner(q, k, v, call)          # not the canvas context (or no positive rows in this call)
-        layout = self.layout(call.hw, k.shape[1], q.dtype, q.device)
+    def attend(self, q, k, v, call: AttnCall, layout, rows):
+        """The method on ``rows`` of the batch (None: all of them), plain attention on the others."""
         if self.method == OMOST:
-            return omost_attention(q, k, v, call.heads, layout, cond_rows=call.cond_rows)
+            return omost_attention(q, k, v, call.heads, layout, cond_rows=rows)
         if self.method in (COUPLE, OVERLAY):
-            return attention_couple(q, k, v, call.heads, layout, cond_rows=call.cond_rows)
+            return attention_couple(q, k, v, call.heads, layout, cond_rows=rows)
         timestep = self.info.timestep(call.sigma) if call.sigma is not None else 999.0
         return densediffusion_attention(q, k, v, call.heads, layout, timestep, weight=self.strength,
-                                        cond_rows=call.cond_rows)
+                                        cond_rows=rows)
+
+    def own_tokens(self, call: AttnCall) -> int | None:
+        """The WebUI negative prompt's token count when this call's uncond rows carry the canvas negatives."""
+        if self.negative_regions is None or not call.uncond_rows:
+            return None
+        tokens = call.options.get(UNCOND_TOKENS)
+        return int(tokens) if tokens else None
+
+    def __call__(self, q, k, v, call: AttnCall, inner):
+        own_tokens = self.own_tokens(call)
+        if k.shape[1] < self.regions.shape[0] or not (call.cond_rows or own_tokens):
+            return inner(q, k, v, call)          # not the canvas context (or no regional rows in this call)
+        if own_tokens is None:
+            return self.attend(q, k, v, call, self.layout(call.hw, k.shape[1], q.dtype, q.device), call.cond_rows)
+        groups = []
+        for rows, tokens in ((call.cond_rows, None), (call.uncond_rows, own_tokens)):
+            if rows:
+                layout = self.layout(call.hw, k.shape[1], q.dtype, q.device, tokens)
+                groups.append((rows, lambda q_, k_, v_, layout=layout: self.attend(q_, k_, v_, call, layout, None)))
+        return attention_by_row_groups(q, k, v, call.heads, groups)
 

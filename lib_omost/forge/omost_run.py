@@ -39,14 +39,16 @@ def token_counter(sd_model):
         return lambda text: math.ceil(count_words(text) * 1.3)
 
 
-def encode_chunk(p, text: str):
-    """(crossattn [tokens, C], pooled vector [D] or None) of one chunk text, cached per CLIP and size."""
+def encode_chunk(p, text: str, negative: bool = False):
+    """(crossattn [tokens, C], pooled vector [D] or None) of one chunk text (a negative prompt: encoded as
+    the WebUI encodes its negative prompt box), cached per CLIP and size."""
     from modules.prompt_parser import SdConditioning
     clip = p.sd_model.forge_objects.clip
     cache = _encodings.setdefault(clip, {})
-    key = (text, int(p.width), int(p.height))
+    key = (text, int(p.width), int(p.height), negative)
     if key not in cache:
-        cond = p.sd_model.get_learned_conditioning(SdConditioning([text], width=p.width, height=p.height))
+        cond = p.sd_model.get_learned_conditioning(SdConditioning([text], is_negative_prompt=negative,
+                                                                  width=p.width, height=p.height))
         if isinstance(cond, dict):
             cache[key] = (cond["crossattn"][0].detach(), cond["vector"][0].detach())
         else:
@@ -71,16 +73,35 @@ def encode_canvas(p, chunks: list[tuple[int, str]]):
     return context, regions, encoded[0][1], len(chunks)
 
 
-def context_wrapper(context: torch.Tensor, vector, previous, filler: torch.Tensor):
+def canvas_negatives(p, canvas):
+    """(negatives context [Ln, C], token -> region [Ln]) of the canvas's negative prompts, or None when it
+    has none. Each is written in the WebUI's prompt syntax (users write them) and encoded whole."""
+    texts = omost.negative_texts(canvas)
+    if not texts:
+        return None
+    encoded = [encode_chunk(p, text, negative=True)[0] for _, text in texts]
+    return torch.cat(encoded), omost.token_regions([(r, e.shape[0]) for (r, _), e in zip(texts, encoded)])
+
+
+def negative_chunk_count(p, canvas) -> int:
+    """Chunks the canvas's negative prompts will take (at least one each), counted before encoding."""
+    count = token_counter(p.sd_model)
+    return sum(max(1, math.ceil(count(text) / 75)) for _, text in omost.negative_texts(canvas))
+
+
+def context_wrapper(context: torch.Tensor, vector, previous, filler: torch.Tensor, negatives=None):
     """A model_function_wrapper giving the cond chunks of every UNet call the canvas context (and SDXL's
-    pooled vector); ``filler`` (the encoded empty prompt) fills up contexts of incompatible lengths
+    pooled vector) and, with canvas ``negatives`` [Ln, C], the uncond chunks the WebUI's negative prompt
+    followed by them; ``filler`` (the encoded empty prompt) fills up contexts of incompatible lengths
     (``omost.swap_context``). Chains to a wrapper another extension installed."""
     def wrapper(apply_model, args):
         c = dict(args["c"])
         chunks = args["cond_or_uncond"]
-        if 0 in chunks:
-            c["c_crossattn"] = omost.swap_context(c["c_crossattn"], chunks, context, filler)
-            if vector is not None and c.get("y") is not None:
+        own_tokens = c.get("transformer_options", {}).get(omost.UNCOND_TOKENS) if negatives is not None else None
+        if 0 in chunks or own_tokens:
+            extra = {"negatives": negatives, "own_tokens": own_tokens} if own_tokens else {}
+            c["c_crossattn"] = omost.swap_context(c["c_crossattn"], chunks, context, filler, **extra)
+            if 0 in chunks and vector is not None and c.get("y") is not None:
                 c["y"] = omost.swap_rows(c["y"], chunks, vector)
         if previous is not None:
             return previous(apply_model, {**args, "c": c})
@@ -89,37 +110,64 @@ def context_wrapper(context: torch.Tensor, vector, previous, filler: torch.Tenso
     return wrapper
 
 
-def install_context(p, context, vector) -> None:
+def install_context(p, context, vector, negatives=None) -> None:
     unet = p.sd_model.forge_objects.unet.clone()
     previous = unet.model_options.get("model_function_wrapper")
     previous = getattr(previous, WRAPPER_ATTR) if hasattr(previous, WRAPPER_ATTR) else previous
     filler, _ = encode_chunk(p, "")
-    unet.set_model_unet_function_wrapper(context_wrapper(context, vector, previous, filler))
+    unet.set_model_unet_function_wrapper(context_wrapper(context, vector, previous, filler, negatives))
     p.sd_model.forge_objects.unet = unet
 
 
-def blending_modifier(canvas, context, regions, vector, strength: float, end_sigma: float, regional: bool):
+def uncond_tokens_modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+    """A conditioning modifier telling every UNet call of this step (its transformer_options) how many
+    tokens the WebUI's negative prompt has, before the WebUI repeats it to a common length: the context
+    wrapper and the regional stage put the canvas negatives after exactly those tokens."""
+    if uncond:
+        options = {**model_options.get("transformer_options", {}),
+                   omost.UNCOND_TOKENS: int(uncond[0]["model_conds"]["c_crossattn"].cond.shape[1])}
+        model_options = {**model_options, "transformer_options": options}
+    return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+
+
+setattr(uncond_tokens_modifier, MODIFIER_ATTR, True)
+
+
+def blending_modifier(canvas, context, regions, vector, strength: float, end_sigma: float, regional: bool,
+                      negatives=None):
     """A conditioning modifier replacing the positive conds with prediction blending's masked conds (the
-    whole canvas text alone once the regional effect is over)."""
-    contexts = omost.region_contexts(context, regions, 1 + len(canvas.regions))
+    whole canvas text alone once the regional effect is over) and, with canvas ``negatives`` (context,
+    token -> region), the uncond with masked unconds of the same weights: each region's the WebUI's
+    negative prompt followed by the global and its own negatives."""
+    count = 1 + len(canvas.regions)
+    contexts = omost.region_contexts(context, regions, count)
+    negative_contexts = omost.negative_blend_contexts(*negatives, count) if negatives is not None else None
     weights = omost.region_weights(canvas)
     made = {}       # the parts per (latent size, regional or not, dtype, device): computed once, not per step
 
-    def parts_for(x, now: bool):
-        key = (tuple(x.shape[2:]), now, x.dtype, x.device)
+    def parts_for(x, now: bool, full, per_region):
+        key = (tuple(x.shape[2:]), now, x.dtype, x.device, id(full))
         if key not in made:
             masks = torch.from_numpy(region_masks(canvas, *key[0]))
             made[key] = [(ctx, None if w is None else w.to(x.device, x.dtype))
-                         for ctx, w in omost.blend_parts(context, contexts, masks, weights, strength, now)]
+                         for ctx, w in omost.blend_parts(full, per_region, masks, weights, strength, now)]
         return made[key]
 
     def modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+        now = regional and float(timestep[0]) >= end_sigma
         if cond:
-            now = regional and float(timestep[0]) >= end_sigma
-            cond = omost.masked_cond_items(cond[0], parts_for(x, now), vector, x)
+            cond = omost.masked_cond_items(cond[0], parts_for(x, now, context, contexts), vector, x)
+        if uncond and negative_contexts is not None:
+            parts = omost.merged_parts(parts_for(x, now, *negative_contexts))
+            uncond = omost.masked_uncond_items(uncond[0], parts, x)
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
     setattr(modifier, MODIFIER_ATTR, True)
     return modifier
+
+
+def cfg_scale_of(p) -> float:
+    """The CFG scale of this sampling pass (the hires pass has its own)."""
+    return float(getattr(p, "hr_cfg", p.cfg_scale) if getattr(p, "is_hr_pass", False) else p.cfg_scale)
 
 
 def install_blending(p, modifier) -> None:
@@ -175,22 +223,30 @@ def run_omost(p, args, **sampling) -> None:
     try:
         canvas = parse_canvas(values["canvas"])
         chunk_texts = canvas_chunks(p, canvas, values["prompt_box"])
+        omost.check_negative_chunk_count(negative_chunk_count(p, canvas))
     except CanvasError as e:
         did_not_run(p, feature, str(e))
         return
     offload_chat_model()
     context, regions, vector, chunks = encode_canvas(p, chunk_texts)
+    negatives = canvas_negatives(p, canvas)
     hires = getattr(p, "is_hr_pass", False)
     hires_plain = hires and not values["hires_regions"]
     end_sigma = info.percent_to_sigma(values["end_percent"])
+    if negatives is not None and cfg_scale_of(p) == 1:
+        report_problem(p, feature, "the canvas's negative prompts had no effect: at CFG scale 1"
+                       f"{' (the hires pass)' if hires else ''} the WebUI computes no negative prediction")
     if values["method"] == omost.BLEND:
         install_blending(p, blending_modifier(canvas, context, regions, vector, values["strength"], end_sigma,
-                                              regional=not hires_plain))
+                                              regional=not hires_plain, negatives=negatives))
         stages = []
     else:
-        install_context(p, context, vector)
+        install_context(p, context, vector, None if negatives is None else negatives[0])
+        if negatives is not None:
+            install_blending(p, uncond_tokens_modifier)
         stages = [] if hires_plain else [omost.RegionalStage(
-            canvas, regions, values["method"], values["strength"], end_sigma, info)]
+            canvas, regions, values["method"], values["strength"], end_sigma, info,
+            negative_regions=None if negatives is None else negatives[1])]
     apply_feature(p, feature.key, info, stages)
     if values["initial_latent"] > 0 and not hires:
         start_from_canvas_colours(p, canvas, values["initial_latent"], sampling.get("noise"))

@@ -100,6 +100,14 @@ describe('canvas model (node, no browser)', () => {
         assert.match(r.message, /regions\[2\]\.distance: must be a number > 0/);
         r = bad((d) => { d.regions[0].weight = 3; });
         assert.match(r.message, /regions\[0\]\.weight: must be a number in \[0, 2\]/);
+        r = bad((d) => { d.regions[3].negative = ['blurry']; });
+        assert.match(r.message, /regions\[3\]\.negative: must be a string \(a negative prompt\)/);
+        r = bad((d) => { d.global.negative = 5; });
+        assert.match(r.message, /global\.negative: must be a string/);
+        r = bad((d) => { d.global.negative = ''; d.regions[0].negative = null; d.regions[1].negative = 'blurry'; });
+        assert.equal(r.ok, true);
+        assert.deepEqual([r.doc.global.negative, r.doc.regions[0].negative, r.doc.regions[1].negative],
+            [undefined, undefined, 'blurry'], 'an empty negative is no key at all');
         r = bad((d) => { d.regions[0].area = 'a huge area'; });
         assert.match(r.message, /regions\[0\]\.area: must be null or one of "a small square area"/);
         r = m.parseCanvasText('{"format": "omost-canvas", "global": {"color": "red"}, "regions": [}');
@@ -474,6 +482,38 @@ describe('canvas editor (headless Chromium)', () => {
         doc = await jsonOf(page);
         assert.deepEqual([doc.regions[1].rect, doc.regions[1].location], [[10, 80, 3.5, 80], null]);
         assert.equal(await page.isHidden(`${ed} .omost-ce-note`), true, 'the message goes once the value is good');
+        await closeEditor(page);
+    });
+
+    test('negative prompts: edited for a region and the global one, round-tripped through the JSON box', async () => {
+        const page = await openEditor();
+        const ed = '#omost_txt2img_canvas_editor';
+        await page.click(`${ed} .omost-ce-row[data-index="1"]`); // the dragon
+        assert.equal(await page.inputValue(`${ed} input[data-field=negative]`), '');
+        await page.fill(`${ed} input[data-field=negative]`, 'blurry, (extra wings:1.2)');
+        await waitForText(page, (doc) => doc.regions[1].negative === 'blurry, (extra wings:1.2)');
+        await page.click(`${ed} .omost-ce-row[data-index="-1"]`);
+        assert.equal(await page.isHidden(`${ed} input[data-field=negative]`), false, 'the global region has one too');
+        assert.equal(await page.inputValue(`${ed} input[data-field=negative]`), '');
+        await page.fill(`${ed} input[data-field=negative]`, 'lowres');
+        await waitForText(page, (doc) => doc.global.negative === 'lowres');
+        let doc = await jsonOf(page);
+        assert.deepEqual(doc.regions.map((r) => r.negative), [undefined, 'blurry, (extra wings:1.2)', undefined, undefined]);
+        // cleared: the key goes, so the JSON is the canvas without negatives again
+        await page.fill(`${ed} input[data-field=negative]`, '');
+        await page.click(`${ed} .omost-ce-row[data-index="1"]`);
+        await page.fill(`${ed} input[data-field=negative]`, '');
+        await waitForText(page, (doc) => !('negative' in doc.global) && doc.regions.every((r) => !('negative' in r)));
+        assert.deepEqual(await jsonOf(page), DRAGON);
+        // text with negatives set in the box is shown in the fields
+        const withNegatives = JSON.parse(JSON.stringify(DRAGON));
+        withNegatives.regions[2].negative = 'smoke';
+        withNegatives.global.negative = 'watermark';
+        await page.$eval('#omost_txt2img_canvas_json textarea', (t, v) => { t.value = v; }, JSON.stringify(withNegatives));
+        await page.click(`${ed} .omost-ce-row[data-index="2"]`);
+        await page.waitForFunction((sel) => document.querySelector(sel).value === 'smoke', `${ed} input[data-field=negative]`);
+        await page.click(`${ed} .omost-ce-row[data-index="-1"]`);
+        assert.equal(await page.inputValue(`${ed} input[data-field=negative]`), 'watermark');
         await closeEditor(page);
     });
 

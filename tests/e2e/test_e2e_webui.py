@@ -319,3 +319,34 @@ def test_hires_fix_with_omost_and_hidiffusion(log_mark):
                                              TITLES["hidiffusion"]: {"args": [True]}})
     assert "Hires upscale: 1.5" in info and "Omost: True" in info and "HiDiffusion applied" in info
     assert_no_extension_error(log_mark())
+
+
+def canvas_with_negatives_json():
+    """The example canvas with a global negative and the nearest region's own (texts of the example, which
+    give finite images with random weights)."""
+    from lib_omost.canvas import canvas_to_json, example_canvas, ordered_regions
+    canvas = example_canvas()
+    canvas.global_region.negative = "lowres, watermark"
+    ordered_regions(canvas)[-1].negative = "blurry, extra legs"
+    return json.dumps(canvas_to_json(canvas))
+
+
+@pytest.mark.parametrize("method", ["Omost score manipulation", "Attention couple", "Attention couple (overlay)",
+                                    "DenseDiffusion", "Prediction blending"])
+def test_region_negatives_change_the_image_and_round_trip(method, log_mark):
+    if RECORD:
+        pytest.skip("recording references")
+    plain, _ = generate(alwayson_scripts={TITLES["omost"]: {"args": [True, example_canvas_json(), method]}})
+    image, infotext = generate(alwayson_scripts={TITLES["omost"]: {"args": [True, canvas_with_negatives_json(),
+                                                                             method]}})
+    assert changed(plain, image) > MIN_CHANGE, f"{method}: the region negatives changed nothing"
+    from lib_omost.canvas import canvas_to_json, load_canvas_text
+    restored = load_canvas_text(png_info(infotext)["Omost Canvas"]).canvas
+    assert canvas_to_json(restored) == json.loads(canvas_with_negatives_json())
+    assert "Omost note" not in infotext
+    at_one, infotext = generate(cfg_scale=1, alwayson_scripts={TITLES["omost"]: {
+        "args": [True, canvas_with_negatives_json(), method]}})
+    assert "negative prompts had no effect" in infotext
+    new_log = log_mark()
+    assert "Error parsing" not in new_log
+    assert_no_extension_error(new_log)
