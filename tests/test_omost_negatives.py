@@ -336,8 +336,8 @@ def test_attention_methods_extend_the_uncond_context(flavour):
         ui.txt2img(script_args=args_for(ui, as_json(canvas), omost.OMOST), prompt="a cat",
                    negative_prompt="ugly", cfg_scale=5)
     assert harness.reported_errors() == []
-    # canvas: 10 chunks; uncond: 1 (WebUI) + 1 (global) + 2 (region) = 4 chunks: common length 20 chunks
-    assert uncond_lengths(calls) == {77 * 20}
+    # canvas: 8 chunks; uncond: 1 (WebUI) + 1 (global) + 2 (region) = 4 chunks: common length 8 chunks
+    assert uncond_lengths(calls) == {77 * 8}
 
 
 def one_step(ui, canvas, method, **extra):

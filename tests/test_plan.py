@@ -102,7 +102,7 @@ def test_layer_hw_ceil_halving_and_fallback():
 
 def test_our_markers_are_declared_once_with_distinct_values():
     from lib_omost.forge import blocks, markers, omost_run, omost_start, plan_install
-    assert len(set(markers.ALL_MARKERS)) == len(markers.ALL_MARKERS) == 5
+    assert len(set(markers.ALL_MARKERS)) == len(markers.ALL_MARKERS) == 6
     assert all(m.startswith("omost_") for m in markers.ALL_MARKERS)
     assert (omost_run.WRAPPER_ATTR, omost_run.MODIFIER_ATTR, plan_install.FOREIGN_ATTR,
-            omost_start.PREVIOUS_ATTR, blocks.OUR_BLOCK_ATTR) == markers.ALL_MARKERS
+            omost_start.PREVIOUS_ATTR, blocks.OUR_BLOCK_ATTR, plan_install.OUR_PATCH_ATTR) == markers.ALL_MARKERS
