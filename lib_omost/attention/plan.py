@@ -54,7 +54,6 @@ class AttnCall:
     cond_rows: list[int]                # rows of the batch that belong to a positive prompt
     uncond_rows: list[int]              # rows that belong to the negative prompt
     sigmas: torch.Tensor | None         # per-image sigma of this call ([images])
-    step: int | None = None             # sampling step index, when the plan knows the schedule
     options: dict[str, Any] = field(default_factory=dict)   # the WebUI's raw extra_options (read only)
     host_sigma: float | None = None     # the largest sigma as a Python float (read from the device once)
 

@@ -44,8 +44,7 @@ def layer_key(options: dict) -> LayerKey:
     return LayerKey(block[0], int(block[1]), int(options.get("block_index", 0)))
 
 
-def make_call(q: torch.Tensor, options: dict, layer: LayerKey, step_of: Callable | None = None,
-              sigma_of: HostSigma | None = None) -> AttnCall:
+def make_call(q: torch.Tensor, options: dict, layer: LayerKey, sigma_of: HostSigma | None = None) -> AttnCall:
     """The flavour-independent description of one attention call (``sigma_of``: the install's shared reader
     of the forward's sigma, so that the device is read once per forward, not once per layer)."""
     shape = options.get("original_shape")
@@ -54,7 +53,6 @@ def make_call(q: torch.Tensor, options: dict, layer: LayerKey, step_of: Callable
     sigmas = options.get("sigmas")
     return AttnCall(layer=layer, heads=int(options["n_heads"]), hw=layer_hw(latent_hw, q.shape[1]),
                     latent_hw=latent_hw, cond_rows=cond, uncond_rows=uncond, sigmas=sigmas,
-                    step=step_of(sigmas) if step_of is not None and sigmas is not None else None,
                     options=options, host_sigma=sigma_of(sigmas) if sigma_of is not None else None)
 
 
@@ -78,14 +76,14 @@ def _inner(info: ModelInfo, foreign) -> Callable:
     return lambda q, k, v, call: attention(q, k, v, call.heads, call.options)
 
 
-def _replace(fn, layer: LayerKey, step_of, foreign, sigma_of: HostSigma):
+def _replace(fn, layer: LayerKey, foreign, sigma_of: HostSigma):
     def replace(q, k, v, extra_options):
-        return fn(q, k, v, make_call(q, extra_options, layer, step_of, sigma_of))
+        return fn(q, k, v, make_call(q, extra_options, layer, sigma_of))
     setattr(replace, FOREIGN_ATTR, foreign)
     return replace
 
 
-def _pre_projection_patch(plan: AttentionPlan, target: str, step_of, sigma_of: HostSigma):
+def _pre_projection_patch(plan: AttentionPlan, target: str, sigma_of: HostSigma):
     def patch(n, context, value, extra_options):
         block = extra_options.get("block")
         if block is None:
@@ -94,7 +92,7 @@ def _pre_projection_patch(plan: AttentionPlan, target: str, step_of, sigma_of: H
         if not plan.pre_stages_for(target, layer):
             return n, context, value
         return plan.pre_projection(target, layer, n, context, value,
-                                   make_call(n, extra_options, layer, step_of, sigma_of))
+                                   make_call(n, extra_options, layer, sigma_of))
     setattr(patch, OUR_PATCH_ATTR, True)
     return patch
 
@@ -116,11 +114,10 @@ def _restore_foreign(model_options: dict, target: str, layer: LayerKey, foreign)
             table[tuple(layer)] = foreign
 
 
-def install_plan(unet, plan: AttentionPlan, info: ModelInfo, step_of: Callable | None = None) -> list[LayerKey]:
+def install_plan(unet, plan: AttentionPlan, info: ModelInfo) -> list[LayerKey]:
     """Put ``plan`` on ``unet`` (a clone the caller owns), replacing what an earlier install of ours put there.
 
-    Returns the layers that got a replace. ``step_of(sigmas) -> int`` maps a call's sigmas to a sampling
-    step index, when the caller knows the schedule.
+    Returns the layers that got a replace.
     """
     unet.model_options[PLAN_KEY] = plan
     _drop_our_patches(unet.model_options)
@@ -134,11 +131,11 @@ def install_plan(unet, plan: AttentionPlan, info: ModelInfo, step_of: Callable |
             if fn is None:
                 _restore_foreign(unet.model_options, target, layer, foreign)
                 continue
-            setter(_replace(fn, layer, step_of, foreign, sigma_of), layer.block, layer.number, layer.index)
+            setter(_replace(fn, layer, foreign, sigma_of), layer.block, layer.number, layer.index)
             installed.append(layer)
         if any(plan.pre_stages_for(target, layer) for layer in info.layers):
             patch_setter = unet.set_model_attn1_patch if target == ATTN1 else unet.set_model_attn2_patch
-            patch_setter(_pre_projection_patch(plan, target, step_of, sigma_of))
+            patch_setter(_pre_projection_patch(plan, target, sigma_of))
     return installed
 
 
@@ -147,7 +144,7 @@ def pass_plan(unet) -> AttentionPlan:
     return unet.model_options.get(PLAN_KEY) or AttentionPlan()
 
 
-def apply_feature(p, feature_key: str, info: ModelInfo, stages=(), pre_stages=(), step_of=None) -> AttentionPlan:
+def apply_feature(p, feature_key: str, info: ModelInfo, stages=(), pre_stages=()) -> AttentionPlan:
     """Set one feature's stages for this sampling pass and (re)install the whole plan once.
 
     With no stages and nothing installed by us yet, the UNet is left untouched (off means off).
@@ -158,6 +155,6 @@ def apply_feature(p, feature_key: str, info: ModelInfo, stages=(), pre_stages=()
         return plan
     plan = plan.with_feature(feature_key, stages, pre_stages)
     unet = current.clone()
-    install_plan(unet, plan, info, step_of)
+    install_plan(unet, plan, info)
     p.sd_model.forge_objects.unet = unet
     return plan
