@@ -145,12 +145,13 @@ def blending_modifier(canvas, context, regions, vector, strength: float, end_sig
     weights = omost.region_weights(canvas)
     made = {}       # the parts per (latent size, regional or not, dtype, device): computed once, not per step
 
-    def parts_for(x, now: bool, full, per_region):
+    def parts_for(x, now: bool, full, per_region, merge: bool = False):
         key = (tuple(x.shape[2:]), now, x.dtype, x.device, id(full))
         if key not in made:
             masks = torch.from_numpy(region_masks(canvas, *key[0]))
-            made[key] = [(ctx, None if w is None else w.to(x.device, x.dtype))
-                         for ctx, w in omost.blend_parts(full, per_region, masks, weights, strength, now)]
+            parts = [(ctx, None if w is None else w.to(x.device, x.dtype))
+                     for ctx, w in omost.blend_parts(full, per_region, masks, weights, strength, now)]
+            made[key] = omost.merged_parts(parts) if merge else parts
         return made[key]
 
     def modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
@@ -158,8 +159,7 @@ def blending_modifier(canvas, context, regions, vector, strength: float, end_sig
         if cond:
             cond = omost.masked_cond_items(cond[0], parts_for(x, now, context, contexts), vector, x)
         if uncond and negative_contexts is not None:
-            parts = omost.merged_parts(parts_for(x, now, *negative_contexts))
-            uncond = omost.masked_uncond_items(uncond[0], parts, x)
+            uncond = omost.masked_uncond_items(uncond[0], parts_for(x, now, *negative_contexts, merge=True), x)
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
     setattr(modifier, MODIFIER_ATTR, True)
     return modifier
