@@ -104,7 +104,7 @@ def test_two_regions_two_loras_and_weight_zero():
     x = torch.randn(3, 4, 5, dtype=D)
     gates = {1: [Gate(rows=torch.tensor([0]))], 2: [Gate(rows=torch.tensor([1]))], 3: [Gate(rows=torch.tensor([2]))]}
     forward = gated_forward(layer, layer.forward, TOKENS, [(1, lr_a), (2, lr_b), (3, zero)],
-                            lambda region, kind, x: [(region, g) for g in gates[region]])
+                            lambda region, kind, x, out: [(region, g) for g in gates[region]])
     out = forward(x)
     torch.testing.assert_close(out[0], _merged_linear(layer, lr_a)(x)[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out[1], _merged_linear(layer, lr_b)(x)[1], rtol=1e-12, atol=1e-12)

@@ -125,18 +125,18 @@ def add_gated(out: torch.Tensor, x: torch.Tensor, layer: torch.nn.Module, kind: 
     return out
 
 
-Gates = Callable[[int, str, torch.Tensor], Sequence[tuple[int, Gate]]]
+Gates = Callable[[int, str, torch.Tensor, torch.Tensor], Sequence[tuple[int, Gate]]]
 
 
 def gated_forward(layer: torch.nn.Module, original: Callable, kind: str,
                   updates: Sequence[tuple[int, LowRank]], gates: Gates) -> Callable:
     """A forward for ``layer``: ``original(x)`` plus each (region, LoRA factors) update where ``gates``
-    says that region acts in the current call (``gates(region, kind, x)`` -> [(region, Gate)]; nothing
+    says that region acts in the current call (``gates(region, kind, x, out)`` -> [(region, Gate)]; nothing
     outside a UNet call our wrapper announced). No update applies = the original output object itself."""
     def forward(x, *args, **kwargs):
         out = original(x, *args, **kwargs)
         for region, lr in updates:
-            for _, gate in gates(region, kind, x):
+            for _, gate in gates(region, kind, x, out):
                 out = add_gated(out, x, layer, kind, lr, gate)
         return out
     return forward
