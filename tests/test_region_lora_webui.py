@@ -233,3 +233,19 @@ def test_sdxl_shaped_key(flavour):
                 assert close(out[row], merged[row])
                 changed += 1
     assert changed == 2
+
+
+@pytest.mark.parametrize("method", [omost.BLEND, omost.COUPLE])
+def test_hires_pass_runs_with_region_loras_and_leaves_the_model_unchanged(flavour, method):
+    from standin_core import memory
+    ui = harness.start_webui([ROOT])
+    dm = shared_model().forge_objects_original.unet.model.diffusion_model
+    write_lora("dog_style", dm, [Q, CONV], seed=6)
+    before = {k: v.clone() for k, v in dm.state_dict().items()}
+    plain = ui.txt2img(prompt="a cat", cfg_scale=5, steps=2).latents
+    result = run(ui, canvas_json("a dog <lora:dog_style:1>"), method=method, enable_hr=True, hr_scale=1.5)
+    assert harness.reported_errors() == [] and "Omost note" not in result.infotexts[0]
+    patches = memory.current_loaded_models[0].object_patches        # the hires pass's clone: still ours
+    assert sorted(patches) == sorted(f"diffusion_model.{p}.forward" for p in (Q, CONV))
+    assert torch.equal(ui.txt2img(prompt="a cat", cfg_scale=5, steps=2).latents, plain)
+    assert all(torch.equal(v, before[k]) for k, v in dm.state_dict().items())
