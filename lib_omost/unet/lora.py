@@ -133,11 +133,17 @@ def gated_forward(layer: torch.nn.Module, original: Callable, kind: str,
     """A forward for ``layer``: ``original(x)`` plus each (region, LoRA factors) update where ``gates``
     says that region acts in the current call (``gates(region, kind, x, out)`` -> [(region, Gate)]; nothing
     outside a UNet call our wrapper announced). No update applies = the original output object itself."""
+    cast: dict = {}          # the factors in the input's dtype and device, converted once, not per call
+
     def forward(x, *args, **kwargs):
         out = original(x, *args, **kwargs)
-        for region, lr in updates:
+        for number, (region, lr) in enumerate(updates):
             for _, gate in gates(region, kind, x, out):
-                out = add_gated(out, x, layer, kind, lr, gate)
+                key = (number, x.dtype, x.device)
+                if key not in cast:
+                    cast[key] = LowRank(*(None if t is None else t.to(x.device, x.dtype)
+                                          for t in (lr.up, lr.down, lr.mid)), lr.scale)
+                out = add_gated(out, x, layer, kind, cast[key], gate)
         return out
     return forward
 
