@@ -249,3 +249,27 @@ def test_hires_pass_runs_with_region_loras_and_leaves_the_model_unchanged(flavou
     assert sorted(patches) == sorted(f"diffusion_model.{p}.forward" for p in (Q, CONV))
     assert torch.equal(ui.txt2img(prompt="a cat", cfg_scale=5, steps=2).latents, plain)
     assert all(torch.equal(v, before[k]) for k, v in dm.state_dict().items())
+
+
+def test_blending_with_batch_2_cfg_1_and_split_calls(flavour):
+    """Rows are found per region also with 2 images per batch, no uncond (CFG 1) and one chunk per call."""
+    ui = harness.start_webui([ROOT])
+    dm = shared_model().forge_objects_original.unet.model.diffusion_model
+    state = write_lora("dog_style", dm, [Q], seed=1)
+    canvas = canvas_json("a dog <lora:dog_style:1>", "a cat")
+    for kw in (dict(batch_size=2), dict(cfg_scale=1)):
+        cap = Capture(dm, [Q])
+        try:
+            args = ui.script_args({TITLE: [True, canvas, omost.BLEND, 1.0, 1.0]})
+            with harness.force_split(1):
+                r = ui.txt2img(script_args=args, prompt="", steps=2, **{"cfg_scale": 5, **kw})
+        finally:
+            cap.close()
+        assert harness.reported_errors() == [] and "Omost note" not in r.infotexts[0]
+        n = 0
+        for x, out in cap.calls[Q]:
+            plain, (m,) = plain_and_merged(dict(dm.named_modules())[Q], x, [factors(state, Q, 1.0)])
+            for row in range(x.shape[0]):
+                if not torch.equal(out[row], plain[row]):
+                    assert close(out[row], m[row]); n += 1
+        assert n == 2 * kw.get("batch_size", 1), (kw, n)
