@@ -271,5 +271,6 @@ def test_blending_with_batch_2_cfg_1_and_split_calls(flavour):
             plain, (m,) = plain_and_merged(dict(dm.named_modules())[Q], x, [factors(state, Q, 1.0)])
             for row in range(x.shape[0]):
                 if not torch.equal(out[row], plain[row]):
-                    assert close(out[row], m[row]); n += 1
+                    assert close(out[row], m[row])
+                    n += 1
         assert n == 2 * kw.get("batch_size", 1), (kw, n)
