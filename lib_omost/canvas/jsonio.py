@@ -41,7 +41,7 @@ def canvas_to_json(canvas: Canvas) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "global": _with_negative({"description": g.description, "detailed_descriptions": list(g.detailed_descriptions),
-                                  "tags": g.tags, "color": _color_json(g.color)}, g.negative),
+                                  "tags": g.tags, "color": _color_json(g.color), **_loras_json(g)}, g.negative),
         "regions": [_region_json(r) for r in canvas.regions],
     }
 
@@ -57,7 +57,12 @@ def _region_json(r: Region) -> dict:
                            "distance": r.distance, "description": r.description,
                            "detailed_descriptions": list(r.detailed_descriptions), "tags": r.tags,
                            "atmosphere": r.atmosphere, "style": r.style, "quality_meta": r.quality_meta,
-                           "color": _color_json(r.color), "weight": r.weight}, r.negative)
+                           "color": _color_json(r.color), "weight": r.weight, **_loras_json(r)}, r.negative)
+
+
+def _loras_json(region) -> dict:
+    """The per-region LoRA list, written only where a region has one (older readers see no new key)."""
+    return {"loras": [dict(x) for x in region.loras]} if region.loras else {}
 
 
 COMFYUI_DROPS_NEGATIVES = ("the ComfyUI_omost list form has no negative prompts: the regions' negatives are "

@@ -44,6 +44,7 @@ class GlobalRegion:
     tags: str = ""
     color: Color = "white"
     negative: str = ""          # added to the WebUI's negative prompt everywhere
+    loras: list[dict] = field(default_factory=list)     # [{"name", "weight"[, "te", "unet"]}]
 
 
 @dataclass(kw_only=True)
@@ -64,6 +65,7 @@ class Region:
     area: str | None = None
     weight: float = 1.0
     negative: str = ""          # the negative prompt inside this region (added to the global one)
+    loras: list[dict] = field(default_factory=list)     # [{"name", "weight"[, "te", "unet"]}]
 
 
 @dataclass
@@ -176,6 +178,31 @@ def check_weight(value: Any, path: str) -> float:
     return float(value)
 
 
+def check_loras(value: Any, path: str) -> list[dict]:
+    """A region's LoRA list: objects with a "name" and a "weight" (optional "te" / "unet" weights)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_LINES:
+        raise CanvasError(f"{path}: must be a list (at most {MAX_LINES}) of {{\"name\": ..., \"weight\": ...}}, "
+                          f"got {quoted(value)}")
+    checked = []
+    for i, entry in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
+            raise CanvasError(f"{where}: must be {{\"name\": \"lora name\", \"weight\": 0.8}}, got {quoted(entry)}")
+        unknown = sorted(set(entry) - {"name", "weight", "te", "unet"})
+        if unknown:
+            raise CanvasError(f"{where}.{unknown[0]}: unknown key (allowed: name, weight, te, unet)")
+        numbers = {k: entry.get(k, 1.0) if k == "weight" else entry[k] for k in ("weight", "te", "unet")
+                   if k == "weight" or k in entry}
+        for key, number in numbers.items():
+            if not is_number(number):
+                raise CanvasError(f"{where}.{key}: must be a number, got {quoted(number)}")
+        checked.append({"name": check_text(entry["name"], f"{where}.name").strip(),
+                        **{k: _plain_number(v) for k, v in numbers.items()}})
+    return checked
+
+
 def check_placement(location: Any, offset: Any, area: Any, rect: tuple, path: str) -> tuple:
     """location/offset/area: each null or an allowed phrase; when all three are set, rect must be theirs."""
     for key, value, table in (("location", location, LOCATIONS), ("offset", offset, OFFSETS),
@@ -200,7 +227,8 @@ def checked_global(fields: Mapping[str, Any], path: str = "global") -> GlobalReg
                                                           f"{path}.detailed_descriptions"),
                         tags=check_text(fields.get("tags"), f"{path}.tags"),
                         color=check_color(fields["color"], f"{path}.color"),
-                        negative=check_text(fields.get(NEGATIVE), f"{path}.{NEGATIVE}"))
+                        negative=check_text(fields.get(NEGATIVE), f"{path}.{NEGATIVE}"),
+                        loras=check_loras(fields.get("loras"), f"{path}.loras"))
 
 
 def checked_region(fields: Mapping[str, Any], path: str) -> Region:
@@ -218,6 +246,7 @@ def checked_region(fields: Mapping[str, Any], path: str) -> Region:
                   location=location, offset=offset, area=area,
                   weight=check_weight(fields.get("weight"), f"{path}.weight"),
                   negative=check_text(fields.get(NEGATIVE), f"{path}.{NEGATIVE}"),
+                  loras=check_loras(fields.get("loras"), f"{path}.loras"),
                   **{k: check_text(fields.get(k), f"{path}.{k}") for k in TEXT_FIELDS})
 
 

@@ -14,8 +14,8 @@ import weakref
 import torch
 
 from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text, region_masks
-from lib_omost.features import omost
-from lib_omost.forge import omost_start
+from lib_omost.features import omost, region_lora as region_lora_tags
+from lib_omost.forge import omost_start, region_lora
 from lib_omost.forge.generation import did_not_run, loaded_model_info, read_values, report_problem
 from lib_omost.forge.markers import MODIFIER_ATTR, WRAPPER_ATTR
 from lib_omost.forge.plan_install import apply_feature
@@ -59,7 +59,9 @@ def encode_chunk(p, text: str, negative: bool = False):
 def canvas_chunks(p, canvas, prompt_box_mode: str) -> list[tuple[int, str]]:
     """(region index, chunk text) of a canvas, counted with the loaded tokenizer; CanvasError when there are
     more than one generation takes (checked before anything is encoded)."""
-    prompts = omost.region_prompts(canvas, getattr(p, "prompt", ""), prompt_box_mode)
+    # the prompt box's own <lora:...> tags act globally through the WebUI; they are not text to encode
+    prompt_box = region_lora_tags.strip_text(getattr(p, "prompt", "") or "")
+    prompts = omost.region_prompts(canvas, prompt_box, prompt_box_mode)
     chunks = omost.chunk_texts(prompts, token_counter(p.sd_model))
     omost.check_chunk_count(len(chunks))
     return chunks
@@ -134,11 +136,12 @@ setattr(uncond_tokens_modifier, MODIFIER_ATTR, True)
 
 
 def blending_modifier(canvas, context, regions, vector, strength: float, end_sigma: float, regional: bool,
-                      negatives=None):
+                      negatives=None, mark_rows=None):
     """A conditioning modifier replacing the positive conds with prediction blending's masked conds (the
     whole canvas text alone once the regional effect is over) and, with canvas ``negatives`` (context,
     token -> region), the uncond with masked unconds of the same weights: each region's the WebUI's
-    negative prompt followed by the global and its own negatives."""
+    negative prompt followed by the global and its own negatives. ``mark_rows`` (region LoRAs) tags each
+    item with its region."""
     count = 1 + len(canvas.regions)
     contexts = omost.region_contexts(context, regions, count)
     negative_contexts = omost.negative_blend_contexts(*negatives, count) if negatives is not None else None
@@ -157,9 +160,12 @@ def blending_modifier(canvas, context, regions, vector, strength: float, end_sig
     def modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
         now = regional and float(timestep[0]) >= end_sigma
         if cond:
-            cond = omost.masked_cond_items(cond[0], parts_for(x, now, context, contexts), vector, x)
+            parts = parts_for(x, now, context, contexts)
+            cond = omost.masked_cond_items(cond[0], parts, vector, x)
         if uncond and negative_contexts is not None:
             uncond = omost.masked_uncond_items(uncond[0], parts_for(x, now, *negative_contexts, merge=True), x)
+        if cond and mark_rows is not None:
+            cond, uncond = mark_rows(cond, uncond, parts, contexts)
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
     setattr(modifier, MODIFIER_ATTR, True)
     return modifier
@@ -221,12 +227,15 @@ def run_omost(p, args, **sampling) -> None:
     if info is None:
         return
     try:
-        canvas = parse_canvas(values["canvas"])
+        written = parse_canvas(values["canvas"])
+        canvas, loras, problems = region_lora_tags.canvas_loras(written)    # tags out of the encoded texts
         chunk_texts = canvas_chunks(p, canvas, values["prompt_box"])
         omost.check_negative_chunk_count(negative_chunk_count(p, canvas))
     except CanvasError as e:
         did_not_run(p, feature, str(e))
         return
+    for problem in problems:
+        report_problem(p, feature, problem)
     offload_chat_model()
     context, regions, vector, chunks = encode_canvas(p, chunk_texts)
     negatives = canvas_negatives(p, canvas)
@@ -236,21 +245,27 @@ def run_omost(p, args, **sampling) -> None:
     if negatives is not None and cfg_scale_of(p) == 1:
         report_problem(p, feature, "the canvas's negative prompts had no effect: at CFG scale 1"
                        f"{' (the hires pass)' if hires else ''} the WebUI computes no negative prediction")
+
+    def note(message):
+        report_problem(p, feature, message)
     if values["method"] == omost.BLEND:
+        lora_state = region_lora.install(p, loras, canvas, None, True, note)
+        mark = region_lora.row_marker(region_lora.part_regions) if lora_state is not None else None
         install_blending(p, blending_modifier(canvas, context, regions, vector, values["strength"], end_sigma,
-                                              regional=not hires_plain, negatives=negatives))
+                                              regional=not hires_plain, negatives=negatives, mark_rows=mark))
         stages = []
     else:
         install_context(p, context, vector, None if negatives is None else negatives[0])
         if negatives is not None:
             install_blending(p, uncond_tokens_modifier)
+        region_lora.install(p, loras, canvas, regions, False, note)
         stages = [] if hires_plain else [omost.RegionalStage(
             canvas, regions, values["method"], values["strength"], end_sigma, info,
             negative_regions=None if negatives is None else negatives[1])]
     apply_feature(p, feature.key, info, stages)
     if values["initial_latent"] > 0 and not hires:
         start_from_canvas_colours(p, canvas, values["initial_latent"], sampling.get("noise"))
-    compact = json.dumps(canvas_to_json(canvas), ensure_ascii=False, separators=(",", ":"))
+    compact = json.dumps(canvas_to_json(written), ensure_ascii=False, separators=(",", ":"))
     p.extra_generation_params.update(feature.to_infotext({**values, "canvas": compact}))
     log.info("Omost: %d regions, %d chunks (%d tokens), %s%s", len(canvas.regions), chunks, context.shape[0],
              values["method"], " (no regional masks in this hires pass)" if hires_plain else "")

@@ -14,7 +14,7 @@ COMMON_DIR = os.path.join(HERE, "common")
 FLAVOURS = ("forge", "reforge")
 FAMILIES = ("sd15", "sd2", "sdxl")
 _PURGED_PREFIXES = ("modules", "backend", "ldm_patched", "modules_forge", "launch", "standin_core",
-                    "standin_flavour", "lib_omost.forge")
+                    "standin_flavour", "lib_omost.forge", "networks")
 _active: list[str] = []
 _weight_cache: dict = {}
 

@@ -110,3 +110,9 @@ def denoise(denoiser, params, cond_scale, cond_composition):
     """CFGDenoiser.forward's call into the backend: sampling_function(self, denoiser_params, ...)."""
     denoised, _, _ = forge_sampling.sampling_function(denoiser, params, cond_scale, cond_composition)
     return denoised
+
+
+def load_unet(unet):
+    """sampling_prepare -> memory_management.load_models_gpu: object patches on (and the previous clone's off)."""
+    from standin_core import memory
+    memory.load_models_gpu(unet, lambda m: m.forge_patch_model(), lambda m: m.forge_unpatch_model())

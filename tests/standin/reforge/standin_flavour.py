@@ -103,3 +103,9 @@ def denoise(denoiser, params, cond_scale, cond_composition):
         model, x, sigma, uncond, cond, cond_scale, model_options, seed = modifier(
             model, x, sigma, uncond, cond, cond_scale, model_options, seed)
     return samplers.sampling_function(model, x, sigma, uncond, cond, cond_scale, model_options, seed)
+
+
+def load_unet(unet):
+    """prepare_sampling -> model_management.load_models_gpu: object patches on (and the previous clone's off)."""
+    from standin_core import memory
+    memory.load_models_gpu(unet, lambda m: m.patch_model(), lambda m: m.unpatch_model())

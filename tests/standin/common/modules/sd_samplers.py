@@ -62,6 +62,7 @@ def fix_p_invalid_sampler_and_scheduler(p):
 
 
 def sampling_prepare(unet, x):
+    standin_flavour.load_unet(unet)
     b, c, h, w = x.shape
     estimate = unet.model_options.get("memory_peak_estimation_modifier", unet.memory_required)
     return estimate([b * 2, c, h, w])

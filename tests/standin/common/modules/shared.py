@@ -2,6 +2,8 @@
 # (Options with data_labels / data, attribute access, set(), add_option(), get_default()), OptionInfo,
 # options_section, state, cmd_opts, sd_model, demo, latent_upscale_modes, prompt_styles.
 # Only the options the stand-in reads are declared; extensions add theirs with add_option (on_ui_settings).
+import os
+import tempfile
 import types
 
 
@@ -143,7 +145,9 @@ def _defaults():
 
 opts = Options(_defaults())
 cmd_opts = types.SimpleNamespace(api=True, nowebui=False, no_prompt_history=True, hide_ui_dir_config=False,
-                                 freeze_settings=False, skip_install=False, api_auth=None)
+                                 freeze_settings=False, skip_install=False, api_auth=None,
+                                 # the built-in LoRA extension's preload.py adds --lora-dir (models/Lora)
+                                 lora_dir=os.path.join(tempfile.gettempdir(), "standin-models-Lora"))
 
 
 class State:

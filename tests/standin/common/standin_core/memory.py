@@ -9,6 +9,24 @@ import math
 free_memory = math.inf
 
 
+# Patchers whose object patches are on their model, most recent first (memory_management / model_management
+# current_loaded_models): loading a patcher first unloads its loaded clones, which restores their object
+# patches (Forge main LoadedModel.model_unload -> forge_unpatch_model, reForge unload_model_clones ->
+# detach -> unpatch_model), then applies its own (forge_patch_model / patch_model). A loaded patcher stays
+# patched after sampling until another clone of its model is loaded.
+current_loaded_models = []
+
+
+def load_models_gpu(patcher, patch, unpatch):
+    if any(m is patcher for m in current_loaded_models):
+        return
+    for m in [m for m in current_loaded_models if patcher.is_clone(m)]:
+        current_loaded_models.remove(m)
+        unpatch(m)
+    patch(patcher)
+    current_loaded_models.insert(0, patcher)
+
+
 def rows_required(input_shape, **kwargs):
     return float(input_shape[0])
 

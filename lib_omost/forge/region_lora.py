@@ -1,0 +1,293 @@
+"""Per-region LoRA in the WebUI: find the files through the WebUI's LoRA registry, read them with its own
+loader and key maps, and add each LoRA's low-rank update un-merged on the layers it targets, only where its
+region is (lib_omost.unet.lora).
+
+The updates are object patches on a clone of the UNet patcher (``<layer path>.forward``, replaced by a
+forward that calls the layer's own and adds the gated update); the WebUI sets them when it loads that clone
+for sampling and puts the layers' own forwards back when it loads another clone of the model, so no weight
+is ever changed and the state dict is the same throughout. Which rows / pixels / tokens a region owns in the
+current UNet call is set by our model_function_wrapper into a per-generation ``CallState`` (never global).
+Nothing is installed when no region names a LoRA.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lib_omost.attention.core import layer_hw
+from lib_omost.canvas import region_masks
+from lib_omost.features import omost
+from lib_omost.features.region_lora import RegionLora
+from lib_omost.forge.markers import WRAPPER_ATTR
+from lib_omost.forge.webui import FORGE, flavour
+from lib_omost.unet.lora import CONTEXT, CONV, TOKENS, Gate, LowRank, gated_forward, layer_kind, low_rank
+
+log = logging.getLogger("sd-forge-omost")
+
+MARK = "omost_lora_region"            # model_conds key carrying the region of each prediction-blending row
+
+
+# ---- the WebUI's registry and loader ------------------------------------------------------------------
+
+def _networks():
+    """The built-in LoRA extension's registry module (``networks``), or None where it is not loaded."""
+    module = sys.modules.get("networks")
+    if module is None:
+        try:
+            module = importlib.import_module("networks")
+        except ImportError:
+            return None
+    return module if hasattr(module, "available_network_aliases") else None
+
+
+def lora_folders() -> list[str]:
+    """The folders the WebUI reads LoRAs from (--lora-dir; models/Lora by default)."""
+    from modules import shared
+    folders = [getattr(shared.cmd_opts, "lora_dir", None), getattr(shared.cmd_opts, "lyco_dir_backcompat", None)]
+    return [f for f in dict.fromkeys(folders) if f]
+
+
+def find_lora_file(name: str) -> str | None:
+    """The file of a LoRA name (or alias) as the WebUI's ``<lora:name>`` resolves it, or None."""
+    networks = _networks()
+    if networks is None:
+        return _walk_for(name)
+
+    def lookup():
+        if name.lower() in networks.forbidden_network_aliases:
+            entry = networks.available_networks.get(name)
+        else:
+            entry = networks.available_network_aliases.get(name)
+        return entry.filename if entry is not None else None
+
+    found = lookup()
+    if found is None:
+        networks.update_available_networks_by_names([name])
+        found = lookup()
+    if found is None:
+        networks.list_available_networks()
+        found = lookup()
+    return found
+
+
+def _walk_for(name: str) -> str | None:
+    for folder in lora_folders():
+        for root, _, files in os.walk(folder, followlinks=True):
+            for file in files:
+                stem, ext = os.path.splitext(file)
+                if stem == name and ext.lower() in (".safetensors", ".pt", ".ckpt"):
+                    return os.path.join(root, file)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_file(filename: str, mtime: float) -> dict:
+    if flavour() == FORGE:
+        from backend.utils import load_torch_file
+    else:
+        from ldm_patched.modules.utils import load_torch_file
+    return load_torch_file(filename, safe_load=True)
+
+
+def unet_patches(unet, filename: str) -> dict:
+    """{UNet weight key: the WebUI's patch} of one file, through the WebUI's own key map and loader."""
+    state = _read_file(filename, os.path.getmtime(filename))
+    if flavour() == FORGE:
+        from backend.patcher.lora import load_lora, model_lora_keys_unet
+        patches, _ = load_lora(state, model_lora_keys_unet(unet.model, {}))
+        return patches
+    from ldm_patched.modules import lora, lora_convert
+    return lora.load_lora(lora_convert.convert_lora(state), lora.model_lora_keys_unet(unet.model, {}),
+                          log_missing=False)
+
+
+def lora_factors(patch) -> tuple | None:
+    """(up, down, alpha, mid) of a plain LoRA patch (Forge main: ("lora", (...)); reForge: a LoRAAdapter
+    with .weights); None for other kinds (LoHa, LoKr, DoRA, full diffs), which are not low-rank here."""
+    if isinstance(patch, tuple) and len(patch) == 2 and patch[0] == "lora":
+        weights = patch[1]
+    elif getattr(patch, "name", None) == "lora" and hasattr(patch, "weights"):
+        weights = patch.weights
+    else:
+        return None
+    up, down, alpha, mid, dora_scale = weights[:5]
+    return None if dora_scale is not None else (up, down, alpha, mid)
+
+
+# ---- per-call state -----------------------------------------------------------------------------------
+
+@dataclass
+class CallState:
+    """What the current UNet call is, set by our wrapper for the duration of the call (None outside)."""
+    canvas: object
+    token_regions: torch.Tensor | None          # attention methods: token -> region of the canvas context
+    blending: bool
+    call: dict | None = None
+    masks: dict = field(default_factory=dict)
+
+    def pixels(self, region: int, hw: tuple[int, int], device) -> torch.Tensor:
+        key = (hw, device)
+        if key not in self.masks:
+            self.masks[key] = torch.from_numpy(np.ascontiguousarray(region_masks(self.canvas, *hw))).to(device)
+        return self.masks[key][region]
+
+    def gates(self, region: int, kind: str, x: torch.Tensor, out: torch.Tensor) -> list[tuple[int, Gate]]:
+        call = self.call
+        if call is None:
+            return []
+        if self.blending:
+            rows = call["rows"].get(region)
+            return [] if rows is None else [(region, Gate(rows=rows))]
+        if kind == CONTEXT:
+            rows, length = call["cond_rows"], x.shape[1]
+            if rows.numel() == 0 or length < self.token_regions.shape[0]:
+                return []
+            tokens = (omost.fit_token_regions(self.token_regions, length) == region).nonzero()[:, 0]
+            return [(region, Gate(rows=rows, tokens=tokens.to(x.device)))]
+        if kind == CONV:
+            hw = tuple(out.shape[2:])
+        elif kind == TOKENS and x.dim() == 3:
+            hw = layer_hw(call["latent_hw"], out.shape[1])
+        else:
+            return []         # a per-row vector (time embedding): no spatial extent to restrict to
+        return [(region, Gate(rows=call["all_rows"], pixels=self.pixels(region, hw, out.device)))]
+
+    def begin(self, args: dict) -> dict:
+        """Read this call's rows from the WebUI's arguments; returns the arguments to pass on."""
+        x, chunks = args["input"], args["cond_or_uncond"]
+        rows = torch.arange(x.shape[0], device=x.device)
+        per = x.shape[0] // max(len(chunks), 1)
+        cond = torch.cat([rows[j * per:(j + 1) * per] for j, c in enumerate(chunks) if c == 0] or [rows[:0]])
+        c = dict(args["c"])
+        marker = c.pop(MARK, None)
+        by_region = {}
+        if marker is not None:
+            ids = marker.reshape(marker.shape[0], -1)[:, 0].round().long()
+            by_region = {int(r): (ids == r).nonzero()[:, 0] for r in ids.unique().tolist() if r >= 0}
+        self.call = dict(latent_hw=tuple(x.shape[2:]), all_rows=rows, cond_rows=cond, rows=by_region)
+        return {**args, "c": c}
+
+
+def lora_wrapper(state: CallState, previous, unwraps_to):
+    """A model_function_wrapper announcing each UNet call to ``state``; chains to ``previous``.
+    ``unwraps_to``: what a later pass of ours should chain to instead of this wrapper."""
+    def wrapper(apply_model, args):
+        args = state.begin(args)
+        try:
+            if previous is not None:
+                return previous(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        finally:
+            state.call = None
+    setattr(wrapper, WRAPPER_ATTR, unwraps_to)
+    return wrapper
+
+
+# ---- prediction blending: rows tagged with their region ----------------------------------------------
+
+def _condition_class():
+    if flavour() == FORGE:
+        from backend.sampling.condition import Condition
+        return Condition
+    from ldm_patched.modules.conds import CONDRegular
+    return CONDRegular
+
+
+def row_marker(region_of_parts):
+    """For the blending modifier: (cond items, uncond items) -> the same items carrying their region
+    (uncond -1) as an extra model cond, which our wrapper takes out again before the UNet sees it."""
+    condition = _condition_class()
+
+    def tag(items, region):
+        return [{**item, "model_conds": {**item["model_conds"], MARK: condition(torch.full((1, 1), float(r)))}}
+                for item, r in zip(items, region)]
+
+    def mark(cond, uncond, parts, contexts):
+        regions = region_of_parts(parts, contexts)
+        return tag(cond, regions), (tag(uncond, [-1] * len(uncond)) if uncond else uncond)
+    return mark
+
+
+def part_regions(parts, contexts) -> list[int]:
+    """The region of each blending part (its context is that region's own tensor); -1 = the whole canvas."""
+    return [next((r for r, ctx in enumerate(contexts) if ctx is part[0]), -1) for part in parts]
+
+
+# ---- install ------------------------------------------------------------------------------------------
+
+@dataclass
+class Loaded:
+    updates: dict                      # layer path -> [(region, LowRank)]
+    missing: list                      # names not found
+    skipped: dict                      # name -> count of layers of a kind not applied un-merged
+    files: dict                        # name -> filename
+
+
+def load_region_loras(unet, per_region: list[list[RegionLora]]) -> Loaded:
+    """Every region's LoRAs as low-rank factors per layer path (UNet weight only; te weights elsewhere)."""
+    loaded = Loaded({}, [], {}, {})
+    for region, loras in enumerate(per_region):
+        for lora in loras:
+            if lora.unet == 0:
+                continue
+            filename = loaded.files.get(lora.name) or find_lora_file(lora.name)
+            if filename is None:
+                loaded.missing.append(lora.name)
+                continue
+            loaded.files[lora.name] = filename
+            for key, patch in unet_patches(unet, filename).items():
+                factors = lora_factors(patch)
+                if factors is None or not key.endswith(".weight"):
+                    loaded.skipped[lora.name] = loaded.skipped.get(lora.name, 0) + 1
+                    continue
+                up, down, alpha, mid = factors
+                lr: LowRank = low_rank(up, down, alpha, mid, lora.unet)
+                loaded.updates.setdefault(key[:-len(".weight")], []).append((region, lr))
+    return loaded
+
+
+def _get(obj, path: str):
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def install(p, per_region: list[list[RegionLora]], canvas, token_regions, blending: bool, report) -> CallState | None:
+    """Object patches and the call wrapper on a clone of the UNet; None (nothing installed) when no region
+    LoRA acts. ``report(message)`` gets every problem (missing names with the folders searched, kinds that
+    cannot be added un-merged)."""
+    if not any(per_region):
+        return None
+    current = p.sd_model.forge_objects.unet
+    loaded = load_region_loras(current, per_region)
+    for name in dict.fromkeys(loaded.missing):
+        report(f"region LoRA {name!r} was not found (searched {', '.join(lora_folders()) or 'no LoRA folder'}); "
+               "the image is made without it")
+    for name, count in loaded.skipped.items():
+        report(f"region LoRA {name!r}: {count} of its layers are not plain low-rank (LoHa, LoKr, DoRA or full "
+               "weights) and were left out")
+    if not loaded.updates:
+        return None
+    state = CallState(canvas, token_regions, blending)
+    unet = current.clone()
+    for path, updates in loaded.updates.items():
+        layer = _get(unet.model, path)
+        name = f"{path}.forward"
+        # the class's forward, not the attribute: a clone of ours from an earlier generation may still be set
+        original = unet.object_patches.get(name, type(layer).forward.__get__(layer, type(layer)))
+        unet.add_object_patch(name, gated_forward(layer, original, layer_kind(path, layer), updates, state.gates))
+    previous = unet.model_options.get("model_function_wrapper")
+    if blending and hasattr(previous, WRAPPER_ATTR):      # ours from an earlier pass: replaced, not chained
+        previous = getattr(previous, WRAPPER_ATTR)
+    unet.set_model_unet_function_wrapper(lora_wrapper(state, previous, getattr(previous, WRAPPER_ATTR, previous)))
+    p.sd_model.forge_objects.unet = unet
+    log.info("Omost: region LoRAs on %d layers (%s)", len(loaded.updates), ", ".join(loaded.files))
+    return state

@@ -1,0 +1,70 @@
+"""Per-region LoRA end to end against a running WebUI (see test_e2e_webui.py for the environment).
+
+OMOST_E2E_LORA_DIR: the WebUI's LoRA folder (its --lora-dir, models/Lora by default); a synthetic SD1.5 LoRA
+(kohya-style keys, both the LDM and the diffusers layer names) is written there. Unset: skipped.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tests.e2e.test_e2e_webui import (MIN_CHANGE, RECORD, TITLES, assert_no_extension_error, changed,
+                                      example_canvas_json, generate, log_mark, png_info)  # noqa: F401 (fixture)
+
+LORA_DIR = os.environ.get("OMOST_E2E_LORA_DIR")
+NAME = "omost_e2e_region_style"
+# SD1.5 layer shapes: (LoRA key, weight shape); kohya writes diffusers names, the WebUIs also map LDM names
+LAYERS = {
+    "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
+    "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k": (320, 768),
+    "lora_unet_input_blocks_1_0_in_layers_2": (320, 320, 3, 3),
+    "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_v": (640, 640),
+    "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2": (320, 1280),
+}
+
+pytestmark = pytest.mark.skipif(not LORA_DIR or RECORD, reason="OMOST_E2E_LORA_DIR is not set (or recording)")
+
+
+@pytest.fixture(scope="module")
+def lora_file():
+    import safetensors.torch
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in LAYERS.items():
+        rank = 4
+        down = (rank, *shape[1:]) if len(shape) == 4 else (rank, shape[1])
+        up = (shape[0], rank, 1, 1) if len(shape) == 4 else (shape[0], rank)
+        state[key + ".lora_down.weight"] = (torch.randn(down, generator=g) * 0.05).half()
+        state[key + ".lora_up.weight"] = (torch.randn(up, generator=g) * 0.05).half()
+        state[key + ".alpha"] = torch.tensor(4.0)
+    path = os.path.join(LORA_DIR, NAME + ".safetensors")
+    safetensors.torch.save_file(state, path)
+    yield path
+    os.remove(path)
+
+
+def canvas_with(tag: str) -> str:
+    canvas = json.loads(example_canvas_json())
+    canvas["regions"][0]["description"] += tag
+    return json.dumps(canvas)
+
+
+@pytest.mark.parametrize("method", ["Prediction blending", "Attention couple"])
+def test_region_lora_changes_the_image_round_trips_and_leaves_the_model_unchanged(lora_file, method, log_mark):
+    plain_before, _ = generate()
+    args = lambda canvas: {TITLES["omost"]: {"args": [True, canvas, method]}}     # noqa: E731
+    without, _ = generate(alwayson_scripts=args(canvas_with("")))
+    tag = f" <lora:{NAME}:1>"
+    with_lora, infotext = generate(alwayson_scripts=args(canvas_with(tag)))
+    assert changed(with_lora, without) > MIN_CHANGE
+    assert tag.strip() in png_info(infotext)["Omost Canvas"]               # png-info keeps it: paste restores it
+    missing, infotext = generate(alwayson_scripts=args(canvas_with(" <lora:omost_no_such_lora:1>")))
+    assert np.array_equal(missing, without) and "omost_no_such_lora" in infotext and "not found" in infotext
+    plain_after, _ = generate()
+    assert np.array_equal(plain_after, plain_before)                      # nothing stayed in the model
+    new_log = log_mark()
+    assert "region LoRAs on 5 layers" in new_log, new_log[-3000:]
+    assert_no_extension_error(new_log)
