@@ -25,23 +25,43 @@ LAYERS = {
     "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2": (320, 1280),
 }
 
+TE_NAME = "omost_e2e_region_te"
+# a text-encoder-only LoRA (kohya's SD1.5 CLIP-L names): what it changes comes from the region's encoded prompt
+TE_LAYERS = {
+    "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+    "lora_te_text_model_encoder_layers_5_self_attn_v_proj": (768, 768),
+    "lora_te_text_model_encoder_layers_11_mlp_fc1": (3072, 768),
+}
+
 pytestmark = pytest.mark.skipif(not LORA_DIR or RECORD, reason="OMOST_E2E_LORA_DIR is not set (or recording)")
+
+
+def write_lora(name: str, layers: dict, scale: float = 0.05) -> str:
+    import safetensors.torch
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in layers.items():
+        rank = 4
+        down = (rank, *shape[1:]) if len(shape) == 4 else (rank, shape[1])
+        up = (shape[0], rank, 1, 1) if len(shape) == 4 else (shape[0], rank)
+        state[key + ".lora_down.weight"] = (torch.randn(down, generator=g) * scale).half()
+        state[key + ".lora_up.weight"] = (torch.randn(up, generator=g) * scale).half()
+        state[key + ".alpha"] = torch.tensor(4.0)
+    path = os.path.join(LORA_DIR, name + ".safetensors")
+    safetensors.torch.save_file(state, path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def lora_file():
-    import safetensors.torch
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for key, shape in LAYERS.items():
-        rank = 4
-        down = (rank, *shape[1:]) if len(shape) == 4 else (rank, shape[1])
-        up = (shape[0], rank, 1, 1) if len(shape) == 4 else (shape[0], rank)
-        state[key + ".lora_down.weight"] = (torch.randn(down, generator=g) * 0.05).half()
-        state[key + ".lora_up.weight"] = (torch.randn(up, generator=g) * 0.05).half()
-        state[key + ".alpha"] = torch.tensor(4.0)
-    path = os.path.join(LORA_DIR, NAME + ".safetensors")
-    safetensors.torch.save_file(state, path)
+    path = write_lora(NAME, LAYERS)
+    yield path
+    os.remove(path)
+
+
+@pytest.fixture(scope="module")
+def te_lora_file():
+    path = write_lora(TE_NAME, TE_LAYERS, scale=0.2)
     yield path
     os.remove(path)
 
@@ -119,3 +139,24 @@ def test_prompt_box_lora_still_acts_on_the_whole_image(lora_file, log_mark):
     new_log = log_mark()
     assert "region LoRAs" not in new_log          # the prompt box's LoRA is the WebUI's, not ours
     assert_no_extension_error(new_log)
+
+
+@pytest.mark.parametrize("method", ["Prediction blending", "Attention couple"])
+def test_region_text_encoder_lora_changes_only_through_the_regions_prompt(te_lora_file, method, log_mark):
+    plain_before, _ = generate()
+    args = lambda canvas: {TITLES["omost"]: {"args": [True, canvas, method]}}     # noqa: E731
+    without, _ = generate(alwayson_scripts=args(canvas_with("")))
+    te_only, infotext = generate(alwayson_scripts=args(canvas_with(f" <lora:{TE_NAME}:1:0>")))
+    assert changed(te_only, without) > MIN_CHANGE, "the region's text-encoder LoRA changed nothing"
+    assert "Omost note" not in infotext, infotext
+    unet_only, _ = generate(alwayson_scripts=args(canvas_with(f" <lora:{TE_NAME}:0:1>")))
+    assert np.array_equal(unet_only, without)     # the file has no UNet layer: its UNet weight does nothing
+    inside, outside = change_inside_outside(te_only, without)
+    print(f"{method}, text-encoder LoRA: mean change inside the region {inside:.3f}, outside {outside:.3f}, "
+          f"ratio {inside / max(outside, 1e-9):.2f}")
+    pasted = png_info(infotext)["Omost Canvas"]
+    again, _ = generate(alwayson_scripts=args(pasted))
+    assert np.array_equal(again, te_only)
+    plain_after, _ = generate()
+    assert np.array_equal(plain_after, plain_before)      # the text encoder is unchanged afterwards
+    assert_no_extension_error(log_mark())
