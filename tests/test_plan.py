@@ -100,9 +100,16 @@ def test_layer_hw_ceil_halving_and_fallback():
     assert layer_hw((64, 96), 21 * 32) == (21, 32)
 
 
-def test_our_markers_are_declared_once_with_distinct_values():
-    from lib_omost.forge import blocks, markers, omost_run, omost_start, plan_install
-    assert len(set(markers.ALL_MARKERS)) == len(markers.ALL_MARKERS) == 6
-    assert all(m.startswith("omost_") for m in markers.ALL_MARKERS)
-    assert (omost_run.WRAPPER_ATTR, omost_run.MODIFIER_ATTR, plan_install.FOREIGN_ATTR,
-            omost_start.PREVIOUS_ATTR, blocks.OUR_BLOCK_ATTR, plan_install.OUR_PATCH_ATTR) == markers.ALL_MARKERS
+def test_one_marker_restores_what_each_slot_held():
+    from lib_omost.forge import markers
+    assert markers.ALL_MARKERS == (markers.OURS,) and markers.OURS.startswith("omost_")
+
+    def theirs():
+        pass
+    table = {"wrapper": markers.mark(lambda: None, theirs), "new": markers.mark(lambda: None),
+             "list": [theirs, markers.mark(lambda: None), theirs]}
+    assert markers.before_ours(table["wrapper"]) is theirs and markers.before_ours(theirs) is theirs
+    markers.unmark_slot(table, "wrapper")
+    markers.unmark_slot(table, "new")
+    markers.unmark_list(table, "list")
+    assert table == {"wrapper": theirs, "list": [theirs, theirs]} and not markers.is_ours(theirs)

@@ -1,8 +1,9 @@
-"""Install an AttentionPlan on a (cloned) UNet patcher: one replace per key, foreign replaces kept inside.
+"""The attention part of the pass installer: an AttentionPlan as one replace per key, foreign replaces inside.
 
 Forge and reForge look a replace up by (block, number, depth index) first, then by (block, number). We
 install ours under the three-part key of every layer a stage applies to; a replace another extension put
-under either key becomes our innermost attention function, so both run.
+under either key becomes our innermost attention function, so both run. Called by
+``lib_omost.forge.pass_plan.install`` (the one installer), which owns the clone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from lib_omost.attention.core import layer_hw
 from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, AttnCall, HostSigma, LayerKey
-from lib_omost.forge.markers import FOREIGN_ATTR, OUR_PATCH_ATTR
+from lib_omost.forge.markers import before_ours, mark, unmark_list, unmark_slot
 from lib_omost.model_info import ModelInfo
 
 PATCH_NAMES = {ATTN1: "attn1_patch", ATTN2: "attn2_patch"}
@@ -56,17 +57,21 @@ def make_call(q: torch.Tensor, options: dict, layer: LayerKey, sigma_of: HostSig
                     options=options, host_sigma=sigma_of(sigmas) if sigma_of is not None else None)
 
 
-PLAN_KEY = "omost_attention_plan"   # where the pass's plan lives in model_options (survives clone())
+PLAN_KEY = "omost_attention_plan"   # the attention plan installed last, in model_options (survives clone())
+
+
+def _replace_table(model_options: dict, target: str) -> dict:
+    return model_options.get("transformer_options", {}).get("patches_replace", {}).get(target, {})
 
 
 def foreign_replace(model_options: dict, target: str, layer: LayerKey):
     """The replace another extension installed for this layer, if any (same lookup as the WebUI).
 
-    A replace of ours from an earlier install in this pass is seen through: what it wrapped is returned.
+    A replace of ours from an earlier install is seen through: what its key held before is looked up.
     """
-    table = model_options.get("transformer_options", {}).get("patches_replace", {}).get(target, {})
-    fn = table.get(tuple(layer), table.get((layer.block, layer.number)))
-    return getattr(fn, FOREIGN_ATTR) if hasattr(fn, FOREIGN_ATTR) else fn
+    table = _replace_table(model_options, target)
+    fn = before_ours(table.get(tuple(layer)))
+    return fn if fn is not None else table.get((layer.block, layer.number))
 
 
 def _inner(info: ModelInfo, foreign) -> Callable:
@@ -76,10 +81,9 @@ def _inner(info: ModelInfo, foreign) -> Callable:
     return lambda q, k, v, call: attention(q, k, v, call.heads, call.options)
 
 
-def _replace(fn, layer: LayerKey, foreign, sigma_of: HostSigma):
+def _replace(fn, layer: LayerKey, sigma_of: HostSigma):
     def replace(q, k, v, extra_options):
         return fn(q, k, v, make_call(q, extra_options, layer, sigma_of))
-    setattr(replace, FOREIGN_ATTR, foreign)
     return replace
 
 
@@ -93,25 +97,18 @@ def _pre_projection_patch(plan: AttentionPlan, target: str, sigma_of: HostSigma)
             return n, context, value
         return plan.pre_projection(target, layer, n, context, value,
                                    make_call(n, extra_options, layer, sigma_of))
-    setattr(patch, OUR_PATCH_ATTR, True)
     return patch
 
 
-def _drop_our_patches(model_options: dict) -> None:
+def take_off_attention(model_options: dict) -> None:
+    """Take our replaces and attn patches off (an earlier install of ours), giving back what they replaced."""
+    for target in (ATTN1, ATTN2):
+        table = _replace_table(model_options, target)
+        for key in list(table):
+            unmark_slot(table, key)
     patches = model_options.get("transformer_options", {}).get("patches", {})
     for name in PATCH_NAMES.values():
-        if name in patches:
-            patches[name] = [f for f in patches[name] if not getattr(f, OUR_PATCH_ATTR, False)]
-
-
-def _restore_foreign(model_options: dict, target: str, layer: LayerKey, foreign) -> None:
-    """Take our replace (from an earlier install in this pass) off a layer, giving back what it wrapped."""
-    table = model_options.get("transformer_options", {}).get("patches_replace", {}).get(target, {})
-    if hasattr(table.get(tuple(layer)), FOREIGN_ATTR):
-        if foreign is None or table.get((layer.block, layer.number)) is foreign:
-            del table[tuple(layer)]
-        else:
-            table[tuple(layer)] = foreign
+        unmark_list(patches, name)
 
 
 def install_plan(unet, plan: AttentionPlan, info: ModelInfo) -> list[LayerKey]:
@@ -120,41 +117,19 @@ def install_plan(unet, plan: AttentionPlan, info: ModelInfo) -> list[LayerKey]:
     Returns the layers that got a replace.
     """
     unet.model_options[PLAN_KEY] = plan
-    _drop_our_patches(unet.model_options)
+    take_off_attention(unet.model_options)
     installed = []
     sigma_of = HostSigma()
     for target in (ATTN1, ATTN2):
         setter = unet.set_model_attn1_replace if target == ATTN1 else unet.set_model_attn2_replace
         for layer in info.layers:
-            foreign = foreign_replace(unet.model_options, target, layer)
-            fn = plan.build(target, layer, _inner(info, foreign))
+            fn = plan.build(target, layer, _inner(info, foreign_replace(unet.model_options, target, layer)))
             if fn is None:
-                _restore_foreign(unet.model_options, target, layer, foreign)
                 continue
-            setter(_replace(fn, layer, foreign, sigma_of), layer.block, layer.number, layer.index)
+            held = _replace_table(unet.model_options, target).get(tuple(layer))
+            setter(mark(_replace(fn, layer, sigma_of), held), layer.block, layer.number, layer.index)
             installed.append(layer)
         if any(plan.pre_stages_for(target, layer) for layer in info.layers):
             patch_setter = unet.set_model_attn1_patch if target == ATTN1 else unet.set_model_attn2_patch
-            patch_setter(_pre_projection_patch(plan, target, sigma_of))
+            patch_setter(mark(_pre_projection_patch(plan, target, sigma_of)))
     return installed
-
-
-def pass_plan(unet) -> AttentionPlan:
-    """The plan installed on this pass's UNet so far (empty at the start of a pass)."""
-    return unet.model_options.get(PLAN_KEY) or AttentionPlan()
-
-
-def apply_feature(p, feature_key: str, info: ModelInfo, stages=(), pre_stages=()) -> AttentionPlan:
-    """Set one feature's stages for this sampling pass and (re)install the whole plan once.
-
-    With no stages and nothing installed by us yet, the UNet is left untouched (off means off).
-    """
-    current = p.sd_model.forge_objects.unet
-    plan = pass_plan(current)
-    if not (stages or pre_stages) and feature_key not in plan.by_feature:
-        return plan
-    plan = plan.with_feature(feature_key, stages, pre_stages)
-    unet = current.clone()
-    install_plan(unet, plan, info)
-    p.sd_model.forge_objects.unet = unet
-    return plan

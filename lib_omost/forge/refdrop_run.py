@@ -18,7 +18,7 @@ from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMis
 from lib_omost.features import refdrop
 from lib_omost.forge.generation import (add_note, did_not_run, loaded_model_info, read_values, report_problem,
                                        write_infotext)
-from lib_omost.forge.plan_install import apply_feature
+from lib_omost.forge.pass_plan import Parts, install
 from lib_omost.forge.webui import attn1_projections, schedule_sigmas
 from lib_omost.quoting import quoted
 
@@ -209,10 +209,8 @@ def run_refdrop(p, args, **_sampling) -> None:
         return
     write_infotext(p, feature, values)
     setattr(p, STAGES_ATTR, [*getattr(p, STAGES_ATTR, []), stage])
-    if stage.mode == refdrop.SAVE:
-        apply_feature(p, feature.key, info, pre_stages=[stage])
-    else:
-        apply_feature(p, feature.key, info, [stage])
+    install(p, feature.key, Parts(pre_stages=(stage,)) if stage.mode == refdrop.SAVE else Parts(stages=(stage,)),
+            info)
 
 
 def report_batch(p) -> None:
