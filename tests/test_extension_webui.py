@@ -285,8 +285,8 @@ def test_xyz_axes_sweep_their_own_values_and_leave_no_state(flavour):
 def test_hires_passes_install_the_same_patches(flavour):
     ui = webui()
     seen = []
-    from lib_omost.forge import runners
-    original = runners.install
+    from lib_omost.forge import accordions
+    original = accordions.install
 
     def spy(p, key, parts, info=None, noise=None):
         notes = original(p, key, parts, info, noise)
@@ -294,12 +294,12 @@ def test_hires_passes_install_the_same_patches(flavour):
             seen.append((p.is_hr_pass, sorted(transformer_patch_state(p.sd_model.forge_objects.unet)
                                               .get("patches_replace", {}).get("attn1", {}))))
         return notes
-    runners.install = spy
+    accordions.install = spy
     try:
         ui.txt2img(script_args=args_for(ui, "Slothful / Near-sighted attention", [True]), prompt="a cat",
                    cfg_scale=5, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1)
     finally:
-        runners.install = original
+        accordions.install = original
     passes = [hr for hr, _ in seen]
     assert passes[0] is False and all(passes[1:]) and len(passes) == (3 if flavour == "forge" else 2)
     keys = [k for _, k in seen]

@@ -17,8 +17,9 @@ import torch
 from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text, region_masks
 from lib_omost.features import omost, region_lora as region_lora_tags
 from lib_omost.forge import omost_start, region_lora
-from lib_omost.forge.generation import did_not_run, loaded_model_info, read_values, report_problem
-from lib_omost.forge.pass_plan import Parts, install
+from lib_omost.forge.accordions import Accordion, Contribution, DidNotRun
+from lib_omost.forge.generation import report_problem
+from lib_omost.forge.pass_plan import Parts
 from lib_omost.prompt_chunks import count_words
 
 log = logging.getLogger("sd-forge-omost")
@@ -194,22 +195,15 @@ def start_from_canvas_colours(p, canvas, strength: float, noise):
     return omost_start.start_from_canvas(p, latent, strength)
 
 
-def run_omost(p, args, **sampling) -> None:
+def contribute_omost(p, values, info, sampling) -> Contribution:
     feature = omost.FEATURE
-    values = read_values(p, feature, args)
-    info = None if values is None else loaded_model_info(p, feature)
-    if info is None:
-        install(p, feature.key, None)          # ours from another pass (the start override) goes
-        return
     try:
         written = parse_canvas(values["canvas"])
         canvas, loras, problems = region_lora_tags.canvas_loras(written)    # tags out of the encoded texts
         chunk_texts = canvas_chunks(p, canvas, values["prompt_box"])
         omost.check_negative_chunk_count(negative_chunk_count(p, canvas))
     except CanvasError as e:
-        did_not_run(p, feature, str(e))
-        install(p, feature.key, None)
-        return
+        raise DidNotRun(str(e)) from None
     for problem in problems:
         report_problem(p, feature, problem)
     offload_chat_model()
@@ -245,9 +239,10 @@ def run_omost(p, args, **sampling) -> None:
         start = start_from_canvas_colours(p, canvas, values["initial_latent"], sampling.get("noise"))
     parts = dataclasses.replace(own, wrappers=own.wrappers + lora.wrappers, object_patches=lora.object_patches,
                                 start=start)
-    for problem in install(p, feature.key, parts, info, sampling.get("noise")):
-        report_problem(p, feature, problem)
     compact = json.dumps(canvas_to_json(written), ensure_ascii=False, separators=(",", ":"))
-    p.extra_generation_params.update(feature.to_infotext({**values, "canvas": compact}))
-    log.info("Omost: %d regions, %d chunks (%d tokens), %s%s", len(canvas.regions), chunks, context.shape[0],
-             values["method"], " (no regional masks in this hires pass)" if hires_plain else "")
+    return Contribution(parts, {**values, "canvas": compact},
+                        log=f"Omost: {len(canvas.regions)} regions, {chunks} chunks ({context.shape[0]} tokens), "
+                            f"{values['method']}{' (no regional masks in this hires pass)' if hires_plain else ''}")
+
+
+OMOST = Accordion(omost.FEATURE, contribute_omost)

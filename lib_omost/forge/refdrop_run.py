@@ -16,9 +16,9 @@ from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMis
                                          ReferenceStore, check_reference_family, load_reference, save_reference,
                                          step_index)
 from lib_omost.features import refdrop
-from lib_omost.forge.generation import (add_note, did_not_run, loaded_model_info, read_values, report_problem,
-                                       write_infotext)
-from lib_omost.forge.pass_plan import Parts, install
+from lib_omost.forge.accordions import Accordion, Contribution, DidNotRun
+from lib_omost.forge.generation import report_problem
+from lib_omost.forge.pass_plan import Parts
 from lib_omost.forge.webui import attn1_projections, schedule_sigmas
 from lib_omost.quoting import quoted
 
@@ -157,17 +157,11 @@ def latent_size(p) -> tuple[int, int]:
     return int(p.height) // 8, int(p.width) // 8
 
 
-def run_refdrop(p, args, **_sampling) -> None:
+def contribute_refdrop(p, values, info, _sampling) -> Contribution:
     feature = refdrop.FEATURE
-    values = read_values(p, feature, args)
-    if values is None:
-        return
-    info = loaded_model_info(p, feature)
-    if info is None:
-        return
     hires = getattr(p, "is_hr_pass", False)
     if hires and (values["mode"] == refdrop.SAVE or not values["hires_pass"]):
-        return
+        return Contribution()
     try:
         layers = refdrop.selected_layers(values, info.layers)
         step_of, steps = step_counter(p)
@@ -176,10 +170,8 @@ def run_refdrop(p, args, **_sampling) -> None:
             reference_path(values["reference"])          # a bad name fails now, not after sampling
             job = getattr(p, SAVE_ATTR, None)
             if job is not None and (job.written or job.failed):
-                write_infotext(p, feature, values)      # later batches (n_iter): the first batch recorded it
-                if job.failed:
-                    add_note(p, feature, job.problem)
-                return
+                # later batches (n_iter): the first batch recorded it
+                return Contribution(infotext=values, notes=(job.problem,) if job.failed else ())
             if job is None:         # the first batch
                 budget, rows = budget_bytes(), 2 if values["keep_uncond"] else 1
                 refdrop.check_save_budget(refdrop.save_bytes(info, layers, latent_size(p), limit, rows,
@@ -205,12 +197,12 @@ def run_refdrop(p, args, **_sampling) -> None:
             stage = refdrop.RefDropStage(refdrop.USE, held, store, step_of, limit, values["coefficient"],
                                          reference=name, projections=attn1_projections(p.sd_model.forge_objects.unet))
     except (ValueError, OSError, ReferenceMismatchError, ReferenceBudgetError) as e:
-        did_not_run(p, feature, str(e))
-        return
-    write_infotext(p, feature, values)
+        raise DidNotRun(str(e)) from None
     setattr(p, STAGES_ATTR, [*getattr(p, STAGES_ATTR, []), stage])
-    install(p, feature.key, Parts(pre_stages=(stage,)) if stage.mode == refdrop.SAVE else Parts(stages=(stage,)),
-            info)
+    return Contribution(Parts(pre_stages=(stage,)) if stage.mode == refdrop.SAVE else Parts(stages=(stage,)), values)
+
+
+REFDROP = Accordion(refdrop.FEATURE, contribute_refdrop)
 
 
 def report_batch(p) -> None:

@@ -1,26 +1,15 @@
-"""``process_before_every_sampling`` of each accordion: values -> stages/patches -> installed, infotext written.
-
-Each runner is idempotent within a pass (running again replaces what it installed) and installs nothing
-when its accordion is off.
+"""What Slothful / Near-sighted attention and HiDiffusion contribute to a sampling pass (run by
+``lib_omost.forge.accordions.run``).
 """
 
 from __future__ import annotations
 
-import logging
-
 from lib_omost.features import hidiffusion, slothful
-from lib_omost.forge.generation import (
-    did_not_run,
-    loaded_model_info,
-    read_values,
-    report_problem,
-    write_infotext,
-)
-from lib_omost.forge.pass_plan import Parts, install, upsample_hook_available, write_precedence
+from lib_omost.forge.accordions import Accordion, Contribution, DidNotRun
+from lib_omost.forge.generation import report_problem
+from lib_omost.forge.pass_plan import Parts, upsample_hook_available
 from lib_omost.forge.webui import schedule_sigmas
 from lib_omost.unet.raunet import step_sigma_window
-
-log = logging.getLogger("sd-forge-omost")
 
 
 def image_seed(p) -> int:
@@ -28,26 +17,11 @@ def image_seed(p) -> int:
     return int(seeds[0]) if seeds else int(getattr(p, "seed", 0) or 0)
 
 
-def _begin(p, feature, args):
-    """(values, model info) of an enabled accordion on a model it can serve, else None (reported)."""
-    values = read_values(p, feature, args)
-    info = None if values is None else loaded_model_info(p, feature)
-    if info is None:
-        install(p, feature.key, None)
-        write_precedence(p)
-        return None
-    return values, info
+def contribute_slothful(p, values, info, _sampling) -> Contribution:
+    return Contribution(Parts(stages=tuple(slothful.stages(values, info, image_seed(p)))), values)
 
 
-def run_slothful(p, args, **_sampling) -> None:
-    feature = slothful.FEATURE
-    begun = _begin(p, feature, args)
-    if begun is None:
-        return
-    values, info = begun
-    install(p, feature.key, Parts(stages=tuple(slothful.stages(values, info, image_seed(p)))), info)
-    write_infotext(p, feature, values)
-    write_precedence(p)
+SLOTHFUL = Accordion(slothful.FEATURE, contribute_slothful)
 
 
 def pass_size(p) -> tuple[int, int]:
@@ -57,26 +31,16 @@ def pass_size(p) -> tuple[int, int]:
     return int(p.width), int(p.height)
 
 
-def run_hidiffusion(p, args, **_sampling) -> None:
+def contribute_hidiffusion(p, values, info, _sampling) -> Contribution:
     feature = hidiffusion.FEATURE
-    begun = _begin(p, feature, args)
-    if begun is None:
-        return
-    values, info = begun
     hires = getattr(p, "is_hr_pass", False)
     applied_key = f"{feature.title} applied" + (" (hires pass)" if hires else "")
     if hires and not values["hires_pass"]:
-        write_infotext(p, feature, values, {applied_key: "nothing (Apply in hires pass is off)"})
-        install(p, feature.key, None)
-        write_precedence(p)
-        return
+        return Contribution(infotext=values, extra={applied_key: "nothing (Apply in hires pass is off)"})
     try:
         settings = hidiffusion.resolve(values, info.unet_family, *pass_size(p))
     except ValueError as e:
-        did_not_run(p, feature, str(e))
-        install(p, feature.key, None)
-        write_precedence(p)
-        return
+        raise DidNotRun(str(e)) from None
     if getattr(p.sd_model.forge_objects.unet, "controlnet_linked_list", None) is not None and (settings.raunet or settings.ca):
         report_problem(p, feature, "ControlNet is active: its residuals have the normal UNet sizes, so RAU-Net "
                                    "and CA are skipped for this generation (MSW-MSA still runs)")
@@ -95,8 +59,8 @@ def run_hidiffusion(p, args, **_sampling) -> None:
             to_sigma = lambda window: step_sigma_window(window, sigmas)      # noqa: E731
     parts = Parts(block_patches=hidiffusion.block_patches(settings, info, to_sigma),
                   stages=tuple(hidiffusion.stages(settings, info, image_seed(p), to_sigma)))
-    for note in install(p, feature.key, parts, info):
-        report_problem(p, feature, note)
-    write_infotext(p, feature, values, {applied_key: settings.describe()})
-    write_precedence(p)
-    log.info("HiDiffusion %s: %s", " ".join(settings.notes), settings.describe())
+    return Contribution(parts, values, {applied_key: settings.describe()},
+                        f"HiDiffusion {' '.join(settings.notes)}: {settings.describe()}")
+
+
+HIDIFFUSION = Accordion(hidiffusion.FEATURE, contribute_hidiffusion)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lib_omost.forge.accordions import run
 from lib_omost.forge.ui import install_script_ui, register_xyz_axes
 
 
@@ -25,12 +26,15 @@ class AccordionScript:
     """What every accordion script does, as a mixin: ``class X(AccordionScript, scripts.Script)``.
 
     Not a ``scripts.Script`` subclass itself, so the WebUI does not register it as a script of its own
-    when a script file imports it. Subclasses set ``feature``, ``run`` (the runner called in
-    ``process_before_every_sampling`` with the WebUI's keyword arguments: x, noise, c, uc) and optionally ``build`` (a custom layout).
+    when a script file imports it. Subclasses set ``accordion`` (its feature and what it contributes to a
+    pass, run by ``lib_omost.forge.accordions.run``) and optionally ``build`` (a custom layout).
     """
-    feature = None
-    run = None
+    accordion = None
     build = None
+
+    @property
+    def feature(self):
+        return self.accordion.feature
 
     def title(self):
         return self.feature.title
@@ -43,7 +47,7 @@ class AccordionScript:
         return install_script_ui(self, self.feature, is_img2img, build=self.build)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        self.run(p, args, **kwargs)
+        run(self.accordion, p, args, kwargs)
 
 
 __all__ = ["AccordionScript", "install_script_ui", "register_feature"]
