@@ -90,7 +90,8 @@ def test_model_info_computes_each_sigmas_timestep_once():
     assert asked == [1.5, 2.0]
 
 
-@pytest.mark.parametrize("method", ["Omost", "Attention couple", "Overlay", "DenseDiffusion"])
+@pytest.mark.parametrize("method", ["Omost score manipulation", "Attention couple", "Attention couple (overlay)",
+                                    "DenseDiffusion"])
 def test_regional_layouts_are_built_once_per_layer_size_not_per_call(monkeypatch, method):
     from lib_omost.attention.plan import AttnCall, LayerKey
     from lib_omost.canvas.example import example_canvas

@@ -218,7 +218,7 @@ def contribute_omost(p, values, info, sampling) -> Contribution:
 
     def note(message):
         report_problem(p, feature, message)
-    blending = values["method"] == omost.BLEND
+    blending = omost.is_prediction_blending(values["method"])
     lora = region_lora.parts(p.sd_model.forge_objects.unet, loras, canvas, None if blending else regions,
                              blending, note)
     if blending:
