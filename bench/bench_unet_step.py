@@ -170,7 +170,7 @@ def omost_cases(bench, size):
 
 
 def refdrop_cases(bench, size, rounds_needed):
-    from lib_omost.attention.refdrop import ReferenceStore
+    from lib_omost.attention.refdrop_store import ReferenceStore
     from lib_omost.features import refdrop
     from lib_omost.forge.pass_plan import Parts, install
     from lib_omost.forge.webui import attn1_projections
