@@ -1,8 +1,8 @@
 from modules import script_callbacks, scripts
 
+from lib_omost.forge.accordions import AccordionScript, register_feature
 from lib_omost.forge.omost_run import OMOST
 from lib_omost.forge.omost_ui import add_settings, build_omost_ui
-from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class OmostScript(AccordionScript, scripts.Script):

@@ -1,7 +1,7 @@
 from modules import scripts
 
+from lib_omost.forge.accordions import AccordionScript, register_feature
 from lib_omost.forge.runners import HIDIFFUSION
-from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class HiDiffusionScript(AccordionScript, scripts.Script):

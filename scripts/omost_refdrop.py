@@ -1,8 +1,8 @@
 from modules import scripts
 
+from lib_omost.forge.accordions import AccordionScript, register_feature
 from lib_omost.forge.refdrop_run import REFDROP, finish_refdrop, report_batch
 from lib_omost.forge.refdrop_ui import build_refdrop_ui
-from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class RefDropScript(AccordionScript, scripts.Script):

@@ -1,7 +1,7 @@
 from modules import scripts
 
+from lib_omost.forge.accordions import AccordionScript, register_feature
 from lib_omost.forge.runners import SLOTHFUL
-from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class SlothfulAttentionScript(AccordionScript, scripts.Script):

@@ -164,7 +164,7 @@ def test_plan_composes_two_stages_and_wraps_a_foreign_replace(flavour, tmp_path)
 
 def test_install_plan_output_equals_the_composition(flavour):
     from lib_omost.attention.plan import ATTN1, AttentionPlan, LayerKey
-    from lib_omost.forge.plan_install import PLAN_KEY, foreign_replace, install_plan
+    from lib_omost.forge.pass_plan import PLAN_KEY, foreign_replace, install_plan
     from lib_omost.forge.webui import model_info
     model = harness.make_sd_model("sd15")
     unet = model.forge_objects.unet.clone()
@@ -198,7 +198,7 @@ def test_install_plan_output_equals_the_composition(flavour):
 
 
 def test_cond_rows_for_both_flavours_any_order_and_split_calls():
-    from lib_omost.forge.plan_install import cond_uncond_rows
+    from lib_omost.forge.pass_plan import cond_uncond_rows
     forge = {"cond_or_uncond": [1, 0], "cond_indices": [2, 3], "uncond_indices": [0, 1]}
     assert cond_uncond_rows(forge, 4) == ([2, 3], [0, 1])
     assert cond_uncond_rows({"cond_or_uncond": [1, 0]}, 4) == ([2, 3], [0, 1])      # reForge: derived

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, HostSigma
-from lib_omost.forge.plan_install import install_plan
+from lib_omost.forge.pass_plan import install_plan
 from tests.standin import harness
 
 

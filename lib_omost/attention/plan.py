@@ -18,7 +18,7 @@ other runs when the first is inactive (outside its time window). ``AttentionPlan
 for the infotext.
 
 Everything here is pure: layers are ``LayerKey`` tuples and each call carries an ``AttnCall``; the WebUI
-adapter (``lib_omost.forge.plan_install``) translates the WebUI's keys and options.
+adapter (``lib_omost.forge.pass_plan``) translates the WebUI's keys and options.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The one runner every accordion's ``process_before_every_sampling`` goes through:
+"""An accordion: its declaration, what it contributes to a sampling pass, its WebUI script, and the one
+runner every accordion's ``process_before_every_sampling`` goes through:
 read -> validate -> contribute -> install -> infotext -> log.
 
 An accordion is its declaration (``Feature``) and one function: given this pass's ``p``, its validated
@@ -24,6 +25,7 @@ from lib_omost.forge.generation import (
     write_infotext,
 )
 from lib_omost.forge.pass_plan import Parts, install, write_precedence
+from lib_omost.forge.ui import install_script_ui, register_xyz_axes
 from lib_omost.params import Feature
 
 log = logging.getLogger("sd-forge-omost")
@@ -70,3 +72,49 @@ def run(accordion: Accordion, p, args, sampling: dict) -> None:
     write_precedence(p)
     if made.log:
         log.info("%s", made.log)
+
+
+# ---- the WebUI script of an accordion ------------------------------------------------------------------
+
+def register_feature(feature) -> None:
+    """Add the feature's parameters to the X/Y/Z plot, and complete its pasted infotext.
+
+    The infotext holds only values that differ from their defaults, so a paste fills the others in
+    (``Feature.complete_pasted``) before the WebUI sets the components.
+
+    The axes are added right away when the plot script is already loaded (the WebUI loads its own scripts/ before extensions,
+    and in API-only mode the plot's UI is built before any before_ui callback runs), and again from
+    on_before_ui for a plot loaded later; labels already present are not added twice.
+    """
+    from modules import script_callbacks
+    register_xyz_axes([feature])
+    script_callbacks.on_before_ui(lambda: register_xyz_axes([feature]))
+    script_callbacks.on_infotext_pasted(lambda infotext, params: feature.complete_pasted(params))
+
+
+class AccordionScript:
+    """What every accordion script does, as a mixin: ``class X(AccordionScript, scripts.Script)``.
+
+    Not a ``scripts.Script`` subclass itself, so the WebUI does not register it as a script of its own
+    when a script file imports it. Subclasses set ``accordion`` (its feature and what it contributes to a
+    pass, run by ``run`` above) and optionally ``build`` (a custom layout).
+    """
+    accordion = None
+    build = None
+
+    @property
+    def feature(self):
+        return self.accordion.feature
+
+    def title(self):
+        return self.feature.title
+
+    def show(self, is_img2img):
+        from modules import scripts
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return install_script_ui(self, self.feature, is_img2img, build=self.build)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        run(self.accordion, p, args, kwargs)
