@@ -169,12 +169,16 @@ def test_one_clone_per_pass_and_a_later_pass_replaces_our_parts(flavour, tmp_pat
         options = seen["options"]
         wrapper = options["model_function_wrapper"]
         assert is_ours(wrapper) and before_ours(wrapper) is foreign.their_wrapper      # never ours inside ours
-        assert [m for m in options["conditioning_modifiers"] if not is_ours(m)] == [foreign.their_modifier]
-        assert len(options["conditioning_modifiers"]) <= 2
+        plan = installed_plan(seen["unet"])
+        modifiers = options["conditioning_modifiers"]
+        assert [m for m in modifiers if not is_ours(m)] == [foreign.their_modifier]
+        assert [m for m in modifiers if is_ours(m)] == [m for parts in plan.by_feature.values() for m in parts.modifiers]
         replaces = options["transformer_options"]["patches_replace"]
         assert all(is_ours(fn) and before_ours(fn) is None for table in replaces.values() for fn in table.values())
         blocks = options["transformer_options"].get("patches", {})
-        assert all(len([f for f in fns if is_ours(f)]) <= 2 for fns in blocks.values())
+        for name, fns in blocks.items():                        # each of ours once, whatever ran before
+            planned = [f for patches in plan.all("block_patches") for f in getattr(patches, name, [])]
+            assert [f for f in fns if is_ours(f)] == planned
     hires = [seen for seen in foreign.SEEN if seen["hires"]]
     assert len(hires) == (2 if flavour == "forge" else 1)
     for seen, theirs in zip(hires, foreign.THEIRS[1:]):       # Forge main's first hires call: on the first
