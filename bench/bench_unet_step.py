@@ -56,7 +56,8 @@ SDXL = dict(in_channels=4, model_channels=320, out_channels=4, num_res_blocks=2,
             use_linear_in_transformer=True, num_classes="sequential", adm_in_channels=2816, norm_groups=32)
 CHUNK = 77
 REGION_TOKENS = 2 * CHUNK
-OMOST_METHODS = ("Omost", "Attention couple", "Overlay", "DenseDiffusion")
+OMOST_METHODS = {"Omost": "Omost score manipulation", "Attention couple": "Attention couple",      # label: method
+                 "Overlay": "Attention couple (overlay)", "DenseDiffusion": "DenseDiffusion"}
 
 
 def sdxl_config(channels: int, depth: int) -> dict:
@@ -146,11 +147,11 @@ def omost_cases(bench, size):
     end_sigma = bench.info.percent_to_sigma(values["end_percent"])
     cases = {"off": lambda: bench.forward(bench.patcher, x, prompt, y),
              "off_canvas_context": lambda: bench.forward(bench.patcher, x, long_context, y)}
-    for method in OMOST_METHODS:
+    for label, method in OMOST_METHODS.items():
         p = bench.p()
         stage = omost.RegionalStage(canvas, regions, method, values["strength"], end_sigma, bench.info)
         install(p, omost.FEATURE.key, Parts(stages=(stage,)), bench.info)
-        cases[method] = (lambda unet: lambda: bench.forward(unet, x, long_context, y))(p.sd_model.forge_objects.unet)
+        cases[label] = (lambda unet: lambda: bench.forward(unet, x, long_context, y))(p.sd_model.forge_objects.unet)
 
     # prediction blending: its conds and the uncond in one batch, then the WebUI's mask-weighted average
     masks = torch.from_numpy(region_masks(canvas, latent, latent))
