@@ -34,18 +34,17 @@ from benchlib import ratio, rounds
 
 from lib_omost.attention.core import attention
 from lib_omost.attention.plan import AttnCall, LayerKey
-from lib_omost.attention.refdrop import (
+from lib_omost.attention.refdrop import refdrop_attention
+from lib_omost.attention.refdrop_file import load_reference, save_reference
+from lib_omost.attention.refdrop_store import (
     COND,
     INPUT8,
     INPUT16,
     KV16,
     ReferenceStore,
     attn1_layers,
-    load_reference,
     public_layout_bytes,
-    refdrop_attention,
     reference_bytes,
-    save_reference,
 )
 from lib_omost.features import refdrop
 

@@ -5,7 +5,7 @@ block layout, patch sites and attention replaces) built with SDXL's configuratio
 2 res blocks per level, transformer depth (0, 2, 10) / middle 10 / output (0, 0, 0, 2, 2, 2, 10, 10, 10),
 64-dim heads, context 2048, ADM 2816, linear projections, random weights. Our techniques are installed as the
 WebUI does it: the extension's stages (``RegionalStage``, ``RefDropStage``, HiDiffusion's ``block_patches`` /
-``stages``) through ``apply_feature`` / ``install_plan`` and ``install_block_patches`` on the stand-in's
+``stages``) through the pass installer (``pass_plan.install``) / ``install_plan`` on the stand-in's
 ``UnetPatcher``. Each round runs every case once, back to back; ratios are medians of per-round ratios.
 
 Cases (the targets are for the full SDXL configuration, ``--device cuda`` (fp16): 1024 x 1024, 320 channels,
@@ -56,7 +56,8 @@ SDXL = dict(in_channels=4, model_channels=320, out_channels=4, num_res_blocks=2,
             use_linear_in_transformer=True, num_classes="sequential", adm_in_channels=2816, norm_groups=32)
 CHUNK = 77
 REGION_TOKENS = 2 * CHUNK
-OMOST_METHODS = ("Omost", "Attention couple", "Overlay", "DenseDiffusion")
+OMOST_METHODS = {"Omost": "Omost score manipulation", "Attention couple": "Attention couple",      # label: method
+                 "Overlay": "Attention couple (overlay)", "DenseDiffusion": "DenseDiffusion"}
 
 
 def sdxl_config(channels: int, depth: int) -> dict:
@@ -115,8 +116,9 @@ class Bench:
         return torch.randn(*shape, generator=self.g).to(self.device, self.dtype)
 
     def p(self, unet=None):
-        """A processing object as the extension's installers see it (only forge_objects.unet is used)."""
-        return SimpleNamespace(sd_model=SimpleNamespace(forge_objects=SimpleNamespace(unet=unet or self.patcher)))
+        """A processing object as the pass installer sees it (forge_objects.unet and the infotext's dict)."""
+        return SimpleNamespace(sd_model=SimpleNamespace(forge_objects=SimpleNamespace(unet=unet or self.patcher)),
+                               extra_generation_params={})
 
     def forward(self, unet, x, context, y, sigma=None):
         sigmas = torch.full((x.shape[0],), sigma or self.sigma, device=self.device)
@@ -128,7 +130,7 @@ class Bench:
 
 def omost_cases(bench, size):
     from lib_omost.features import omost
-    from lib_omost.forge.plan_install import apply_feature
+    from lib_omost.forge.pass_plan import Parts, install
     base = example_canvas()
     canvas = Canvas(base.global_region, base.regions + base.regions[:1])      # 6 regions with the global one
     count = 1 + len(canvas.regions)
@@ -145,11 +147,11 @@ def omost_cases(bench, size):
     end_sigma = bench.info.percent_to_sigma(values["end_percent"])
     cases = {"off": lambda: bench.forward(bench.patcher, x, prompt, y),
              "off_canvas_context": lambda: bench.forward(bench.patcher, x, long_context, y)}
-    for method in OMOST_METHODS:
+    for label, method in OMOST_METHODS.items():
         p = bench.p()
         stage = omost.RegionalStage(canvas, regions, method, values["strength"], end_sigma, bench.info)
-        apply_feature(p, omost.FEATURE.key, bench.info, [stage])
-        cases[method] = (lambda unet: lambda: bench.forward(unet, x, long_context, y))(p.sd_model.forge_objects.unet)
+        install(p, omost.FEATURE.key, Parts(stages=(stage,)), bench.info)
+        cases[label] = (lambda unet: lambda: bench.forward(unet, x, long_context, y))(p.sd_model.forge_objects.unet)
 
     # prediction blending: its conds and the uncond in one batch, then the WebUI's mask-weighted average
     masks = torch.from_numpy(region_masks(canvas, latent, latent))
@@ -169,9 +171,9 @@ def omost_cases(bench, size):
 
 
 def refdrop_cases(bench, size, rounds_needed):
-    from lib_omost.attention.refdrop import ReferenceStore
+    from lib_omost.attention.refdrop_store import ReferenceStore
     from lib_omost.features import refdrop
-    from lib_omost.forge.plan_install import apply_feature
+    from lib_omost.forge.pass_plan import Parts, install
     from lib_omost.forge.webui import attn1_projections
     latent = size // 8
     x = bench.randn(2, 4, latent, latent)
@@ -184,8 +186,8 @@ def refdrop_cases(bench, size, rounds_needed):
         return int(round((sigma - first) * 1000))
     store = ReferenceStore()
     save_p = bench.p()
-    apply_feature(save_p, refdrop.FEATURE.key, bench.info,
-                  pre_stages=[refdrop.RefDropStage(refdrop.SAVE, layers, store, step_of, 1)])
+    install(save_p, refdrop.FEATURE.key,
+            Parts(pre_stages=(refdrop.RefDropStage(refdrop.SAVE, layers, store, step_of, 1),)), bench.info)
     with torch.inference_mode():
         bench.forward(save_p.sd_model.forge_objects.unet, x, prompt, y, sigma=first)
     for step in range(1, rounds_needed):        # every step holds the same entries (no copies)
@@ -194,15 +196,15 @@ def refdrop_cases(bench, size, rounds_needed):
     use_p = bench.p()
     stage = refdrop.RefDropStage(refdrop.USE, layers, store, step_of, rounds_needed, 0.3,
                                  projections=attn1_projections(bench.patcher))
-    apply_feature(use_p, refdrop.FEATURE.key, bench.info, [stage])
+    install(use_p, refdrop.FEATURE.key, Parts(stages=(stage,)), bench.info)
     steps = iter(range(rounds_needed))
 
     def use():      # a new step each forward: the reference's K/V are projected, as in sampling
         return bench.forward(use_p.sd_model.forge_objects.unet, x, prompt, y, sigma=first + next(steps) / 1000)
     save_store = ReferenceStore()
     saving_p = bench.p()
-    apply_feature(saving_p, refdrop.FEATURE.key, bench.info,
-                  pre_stages=[refdrop.RefDropStage(refdrop.SAVE, layers, save_store, lambda s: 0, 1)])
+    install(saving_p, refdrop.FEATURE.key,
+            Parts(pre_stages=(refdrop.RefDropStage(refdrop.SAVE, layers, save_store, lambda s: 0, 1),)), bench.info)
 
     def save():
         save_store.entries.clear()
@@ -214,8 +216,7 @@ def refdrop_cases(bench, size, rounds_needed):
 
 def hidiffusion_cases(bench, size):
     from lib_omost.features import hidiffusion
-    from lib_omost.forge.blocks import install_block_patches
-    from lib_omost.forge.plan_install import apply_feature
+    from lib_omost.forge.pass_plan import Parts, install
     latent = size // 8
     x = bench.randn(2, 4, latent, latent)
     y = bench.randn(2, SDXL["adm_in_channels"])
@@ -225,8 +226,9 @@ def hidiffusion_cases(bench, size):
               "resolution": hidiffusion.auto_resolution("sdxl", 2048, 2048)}
     settings = hidiffusion.resolve(values, "sdxl", size, size)
     p = bench.p()
-    install_block_patches(p, hidiffusion.block_patches(settings, bench.info))
-    apply_feature(p, hidiffusion.FEATURE.key, bench.info, hidiffusion.stages(settings, bench.info, seed=0))
+    install(p, hidiffusion.FEATURE.key, Parts(block_patches=hidiffusion.block_patches(settings, bench.info),
+                                              stages=tuple(hidiffusion.stages(settings, bench.info, seed=0))),
+            bench.info)
     unet = p.sd_model.forge_objects.unet
     return {"plain": lambda: bench.forward(bench.patcher, x, prompt, y),
             "hidiffusion": lambda: bench.forward(unet, x, prompt, y)}, settings

@@ -1,17 +1,15 @@
 from modules import script_callbacks, scripts
 
-from lib_omost.features.omost import FEATURE
-from lib_omost.forge.omost_run import run_omost
+from lib_omost.forge.accordions import AccordionScript, register_feature
+from lib_omost.forge.omost_run import OMOST
 from lib_omost.forge.omost_ui import add_settings, build_omost_ui
-from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class OmostScript(AccordionScript, scripts.Script):
     sorting_priority = 15
-    feature = FEATURE
-    run = staticmethod(run_omost)
+    accordion = OMOST
     build = staticmethod(build_omost_ui)
 
 
-register_feature(FEATURE)
+register_feature(OMOST.feature)
 script_callbacks.on_ui_settings(add_settings)

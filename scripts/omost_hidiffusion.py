@@ -1,14 +1,12 @@
 from modules import scripts
 
-from lib_omost.features.hidiffusion import FEATURE
-from lib_omost.forge.runners import run_hidiffusion
-from lib_omost.forge.script_support import AccordionScript, register_feature
+from lib_omost.forge.accordions import AccordionScript, register_feature
+from lib_omost.forge.runners import HIDIFFUSION
 
 
 class HiDiffusionScript(AccordionScript, scripts.Script):
     sorting_priority = 18
-    feature = FEATURE
-    run = staticmethod(run_hidiffusion)
+    accordion = HIDIFFUSION
 
 
-register_feature(FEATURE)
+register_feature(HIDIFFUSION.feature)

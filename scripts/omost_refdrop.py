@@ -1,15 +1,13 @@
 from modules import scripts
 
-from lib_omost.features.refdrop import FEATURE
-from lib_omost.forge.refdrop_run import finish_refdrop, report_batch, run_refdrop
+from lib_omost.forge.accordions import AccordionScript, register_feature
+from lib_omost.forge.refdrop_run import REFDROP, finish_refdrop, report_batch
 from lib_omost.forge.refdrop_ui import build_refdrop_ui
-from lib_omost.forge.script_support import AccordionScript, register_feature
 
 
 class RefDropScript(AccordionScript, scripts.Script):
     sorting_priority = 16
-    feature = FEATURE
-    run = staticmethod(run_refdrop)
+    accordion = REFDROP
     build = staticmethod(build_refdrop_ui)
 
     def postprocess_batch(self, p, *args, **kwargs):
@@ -19,4 +17,4 @@ class RefDropScript(AccordionScript, scripts.Script):
         finish_refdrop(p)
 
 
-register_feature(FEATURE)
+register_feature(REFDROP.feature)

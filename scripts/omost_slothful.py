@@ -1,14 +1,12 @@
 from modules import scripts
 
-from lib_omost.features.slothful import FEATURE
-from lib_omost.forge.runners import run_slothful
-from lib_omost.forge.script_support import AccordionScript, register_feature
+from lib_omost.forge.accordions import AccordionScript, register_feature
+from lib_omost.forge.runners import SLOTHFUL
 
 
 class SlothfulAttentionScript(AccordionScript, scripts.Script):
     sorting_priority = 17
-    feature = FEATURE
-    run = staticmethod(run_slothful)
+    accordion = SLOTHFUL
 
 
-register_feature(FEATURE)
+register_feature(SLOTHFUL.feature)

@@ -81,7 +81,7 @@ STAGES_EXTENSION = textwrap.dedent('''
     import torch
     from modules import scripts
     from lib_omost.attention.plan import ATTN1, LayerKey
-    from lib_omost.forge.plan_install import apply_feature
+    from lib_omost.forge.pass_plan import Parts, install
     from lib_omost.forge.webui import model_info
 
     LAYER = LayerKey("input", 1, 0)
@@ -134,9 +134,9 @@ STAGES_EXTENSION = textwrap.dedent('''
 
         def process_before_every_sampling(self, p, *args, **kwargs):
             info = model_info(p.sd_model, p.sd_model.forge_objects.unet)
-            apply_feature(p, "outer", info, [Scale("outer", 10, 2.0)])
-            apply_feature(p, "inner", info, [Scale("inner", 30, 3.0)])
-            apply_feature(p, "outer", info, [Scale("outer", 10, 2.0)])   # again: replaces, never stacks
+            install(p, "outer", Parts(stages=(Scale("outer", 10, 2.0),)), info)
+            install(p, "inner", Parts(stages=(Scale("inner", 30, 3.0),)), info)
+            install(p, "outer", Parts(stages=(Scale("outer", 10, 2.0),)), info)   # again: replaces, never stacks
 ''')
 
 
@@ -164,7 +164,7 @@ def test_plan_composes_two_stages_and_wraps_a_foreign_replace(flavour, tmp_path)
 
 def test_install_plan_output_equals_the_composition(flavour):
     from lib_omost.attention.plan import ATTN1, AttentionPlan, LayerKey
-    from lib_omost.forge.plan_install import PLAN_KEY, foreign_replace, install_plan
+    from lib_omost.forge.pass_plan import PLAN_KEY, foreign_replace, install_plan
     from lib_omost.forge.webui import model_info
     model = harness.make_sd_model("sd15")
     unet = model.forge_objects.unet.clone()
@@ -198,7 +198,7 @@ def test_install_plan_output_equals_the_composition(flavour):
 
 
 def test_cond_rows_for_both_flavours_any_order_and_split_calls():
-    from lib_omost.forge.plan_install import cond_uncond_rows
+    from lib_omost.forge.pass_plan import cond_uncond_rows
     forge = {"cond_or_uncond": [1, 0], "cond_indices": [2, 3], "uncond_indices": [0, 1]}
     assert cond_uncond_rows(forge, 4) == ([2, 3], [0, 1])
     assert cond_uncond_rows({"cond_or_uncond": [1, 0]}, 4) == ([2, 3], [0, 1])      # reForge: derived
@@ -285,20 +285,21 @@ def test_xyz_axes_sweep_their_own_values_and_leave_no_state(flavour):
 def test_hires_passes_install_the_same_patches(flavour):
     ui = webui()
     seen = []
-    from lib_omost.forge import runners
-    original = runners.apply_feature
+    from lib_omost.forge import accordions
+    original = accordions.install
 
-    def spy(p, key, info, stages=()):
-        plan = original(p, key, info, stages)
-        seen.append((p.is_hr_pass, sorted(transformer_patch_state(p.sd_model.forge_objects.unet)
-                                          .get("patches_replace", {}).get("attn1", {}))))
-        return plan
-    runners.apply_feature = spy
+    def spy(p, key, parts, info=None, noise=None):
+        notes = original(p, key, parts, info, noise)
+        if key == "slothful":
+            seen.append((p.is_hr_pass, sorted(transformer_patch_state(p.sd_model.forge_objects.unet)
+                                              .get("patches_replace", {}).get("attn1", {}))))
+        return notes
+    accordions.install = spy
     try:
         ui.txt2img(script_args=args_for(ui, "Slothful / Near-sighted attention", [True]), prompt="a cat",
                    cfg_scale=5, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1)
     finally:
-        runners.apply_feature = original
+        accordions.install = original
     passes = [hr for hr, _ in seen]
     assert passes[0] is False and all(passes[1:]) and len(passes) == (3 if flavour == "forge" else 2)
     keys = [k for _, k in seen]

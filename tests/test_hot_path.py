@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lib_omost.attention.plan import ATTN1, ATTN2, AttentionPlan, HostSigma
-from lib_omost.forge.plan_install import install_plan
+from lib_omost.forge.pass_plan import install_plan
 from tests.standin import harness
 
 
@@ -90,7 +90,8 @@ def test_model_info_computes_each_sigmas_timestep_once():
     assert asked == [1.5, 2.0]
 
 
-@pytest.mark.parametrize("method", ["Omost", "Attention couple", "Overlay", "DenseDiffusion"])
+@pytest.mark.parametrize("method", ["Omost score manipulation", "Attention couple", "Attention couple (overlay)",
+                                    "DenseDiffusion"])
 def test_regional_layouts_are_built_once_per_layer_size_not_per_call(monkeypatch, method):
     from lib_omost.attention.plan import AttnCall, LayerKey
     from lib_omost.canvas.example import example_canvas

@@ -14,9 +14,10 @@ L2 = LayerKey("output", 9, 0)
 class Recorder:
     """A test stage: scales its inner attention's output and records that it ran."""
 
-    def __init__(self, name, order, factor, layers=(L1,), exclusive=None, window=None, target=ATTN1):
+    def __init__(self, name, order, factor, layers=(L1,), exclusive=None, window=None, target=ATTN1, precedence=0):
         self.name, self.order, self.factor, self.layers = name, order, factor, layers
         self.exclusive, self.window, self.target, self.calls = exclusive, window, target, 0
+        self.precedence = precedence
 
     def applies(self, layer):
         return layer in self.layers
@@ -61,7 +62,7 @@ def test_inactive_stage_passes_through_exactly():
 
 def test_exclusive_precedence_and_fallback():
     msw = Recorder("MSW-MSA", 20, 2.0, exclusive="query partition", window=(0.0, 0.5))
-    near = Recorder("Near-sighted", 20, 3.0, exclusive="query partition")
+    near = Recorder("Near-sighted", 20, 3.0, exclusive="query partition", precedence=1)
     q, k, v = qkv()
     fn = compose([near, msw], plain)     # listed in the wrong order on purpose
     base = plain(q, k, v, call())
@@ -83,7 +84,7 @@ def test_plan_with_feature_replaces_and_removes():
 
 def test_report_names_layers_and_precedence():
     msw = Recorder("MSW-MSA", 20, 2.0, exclusive="query partition", layers=(L1, L2))
-    near = Recorder("Near-sighted", 20, 3.0, exclusive="query partition", layers=(L1,))
+    near = Recorder("Near-sighted", 20, 3.0, exclusive="query partition", layers=(L1,), precedence=1)
     lines = AttentionPlan().with_feature("x", [near, msw]).report([L1, L2])
     assert "MSW-MSA (attn1) on 2 layers: input:1:0, output:9:0" in lines
     assert "precedence MSW-MSA over Near-sighted while both are active, on input:1:0" in lines
@@ -100,9 +101,23 @@ def test_layer_hw_ceil_halving_and_fallback():
     assert layer_hw((64, 96), 21 * 32) == (21, 32)
 
 
-def test_our_markers_are_declared_once_with_distinct_values():
-    from lib_omost.forge import blocks, markers, omost_run, omost_start, plan_install
-    assert len(set(markers.ALL_MARKERS)) == len(markers.ALL_MARKERS) == 6
-    assert all(m.startswith("omost_") for m in markers.ALL_MARKERS)
-    assert (omost_run.WRAPPER_ATTR, omost_run.MODIFIER_ATTR, plan_install.FOREIGN_ATTR,
-            omost_start.PREVIOUS_ATTR, blocks.OUR_BLOCK_ATTR, plan_install.OUR_PATCH_ATTR) == markers.ALL_MARKERS
+def test_one_marker_restores_what_each_slot_held():
+    from lib_omost.forge import markers
+    assert markers.ALL_MARKERS == (markers.OURS,) and markers.OURS.startswith("omost_")
+
+    def theirs():
+        pass
+    table = {"wrapper": markers.mark(lambda: None, theirs), "new": markers.mark(lambda: None),
+             "list": [theirs, markers.mark(lambda: None), theirs]}
+    assert markers.before_ours(table["wrapper"]) is theirs and markers.before_ours(theirs) is theirs
+    markers.unmark_slot(table, "wrapper")
+    markers.unmark_slot(table, "new")
+    markers.unmark_list(table, "list")
+    assert table == {"wrapper": theirs, "list": [theirs, theirs]} and not markers.is_ours(theirs)
+
+
+def test_every_omost_method_has_one_path():
+    from lib_omost.features import omost
+    blending = [m for m in omost.METHODS if omost.is_prediction_blending(m)]
+    assert blending == [omost.BLEND]
+    assert set(omost.ATTENTION_METHODS) == set(omost.METHODS) - {omost.BLEND}

@@ -11,9 +11,20 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib_omost.attention.refdrop import (COND, UNCOND, KVEntry, ReferenceBudgetError, ReferenceFileError,
-                                         ReferenceSaveError, ReferenceStore, load_reference, read_reference_info,
-                                         save_reference)
+from lib_omost.attention.refdrop_file import (
+    ReferenceFileError,
+    ReferenceSaveError,
+    load_reference,
+    read_reference_info,
+    save_reference,
+)
+from lib_omost.attention.refdrop_store import (
+    COND,
+    UNCOND,
+    KVEntry,
+    ReferenceBudgetError,
+    ReferenceStore,
+)
 
 C = 8
 META = {"format": "sd-forge-omost.refdrop.v1", "model_family": "sd15", "steps": "2", "resolution": "64x64",

@@ -9,24 +9,33 @@ import torch
 from lib_omost.attention.core import attention
 from lib_omost.attention.plan import LayerKey
 from lib_omost.attention.refdrop import (
-    COND,
-    UNCOND,
     MissingReferenceError,
-    ReferenceBudgetError,
     ReferenceMismatchError,
-    ReferenceStore,
-    attn1_layers,
     broadcast_reference,
-    check_reference_family,
-    layer_label,
-    load_reference,
-    read_reference_info,
     refdrop_attention,
-    reference_bytes,
-    save_reference,
     step_index,
 )
-from lib_omost.attention.refdrop import INPUT8, INPUT16, KVEntry, entry_bytes, public_layout_bytes, quantize_input
+from lib_omost.attention.refdrop_file import (
+    check_reference_family,
+    load_reference,
+    read_reference_info,
+    save_reference,
+)
+from lib_omost.attention.refdrop_store import (
+    COND,
+    INPUT8,
+    INPUT16,
+    UNCOND,
+    KVEntry,
+    ReferenceBudgetError,
+    ReferenceStore,
+    attn1_layers,
+    entry_bytes,
+    layer_label,
+    public_layout_bytes,
+    quantize_input,
+    reference_bytes,
+)
 
 HEADS, DIM = 2, 4
 C = HEADS * DIM

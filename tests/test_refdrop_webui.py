@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from lib_omost.attention.plan import AttnCall, LayerKey
-from lib_omost.attention.refdrop import (MIB, ReferenceStore, load_reference, refdrop_attention,
-                                         save_reference)
+from lib_omost.attention.refdrop import refdrop_attention
+from lib_omost.attention.refdrop_file import load_reference, save_reference
+from lib_omost.attention.refdrop_store import MIB, ReferenceStore
 from lib_omost.features import refdrop
 from tests.standin import harness
 
@@ -31,11 +32,12 @@ def ui(request):
 @pytest.fixture
 def refs(ui, tmp_path, monkeypatch):
     """The references folder of this test (empty); the sd15 model loaded; no reported errors at the end."""
-    from lib_omost.forge import refdrop_run
     from modules import errors
+
+    from lib_omost.forge import refdrop_references
     folder = tmp_path / "refs"
     monkeypatch.setenv("OMOST_REFDROP_DIR", str(folder))
-    monkeypatch.setattr(refdrop_run, "_cache", {})
+    monkeypatch.setattr(refdrop_references, "_cache", {})
     errors.clear()
     harness.load_model("sd15")
     yield folder
@@ -105,8 +107,8 @@ def test_save_survives_a_restart_and_use_reproduces_the_saved_image(ui, refs):
     assert os.listdir(refs) == ["ref.safetensors"]
     assert ui.pasted_values(refdrop.FEATURE, saved.infotexts[0])["mode"] == "Save" and note(saved) == ""
     with harness.use_flavour(ui.flavour):                             # a restart: fresh modules, empty cache
-        from lib_omost.forge import refdrop_run
-        assert refdrop_run._cache == {}
+        from lib_omost.forge import refdrop_references
+        assert refdrop_references._cache == {}
         fresh = harness.start_webui([ROOT], family="sd15")
         zero = use(fresh, c=0.0)
         # c = 1 with the save's own seed and prompt: Attn(q, k_ref, v_ref) with the reference = own K/V (fp16)
@@ -121,7 +123,11 @@ def test_save_survives_a_restart_and_use_reproduces_the_saved_image(ui, refs):
 def test_a_format_v1_file_of_k_and_v_keeps_working_and_matches_the_input_reference(ui, refs):
     """A reference file as the code before format v2 wrote it (K and V of each layer, fp16) is used as before;
     its image matches that of the same reference stored as attention inputs (fp16 tolerance)."""
-    from lib_omost.attention.refdrop import REFERENCE_FORMAT_V1, KVEntry, read_reference_info
+    from lib_omost.attention.refdrop_file import (
+        REFERENCE_FORMAT_V1,
+        read_reference_info,
+    )
+    from lib_omost.attention.refdrop_store import KVEntry
     from lib_omost.forge.webui import attn1_projections
     save(ui, "inputs", steps=2, keep_uncond=True)
     inputs, info = stored(refs, "inputs")
@@ -145,7 +151,7 @@ def test_a_format_v1_file_of_k_and_v_keeps_working_and_matches_the_input_referen
 
 
 def test_an_8_bit_reference_is_half_the_size_and_close_to_the_16_bit_one(ui, refs):
-    from lib_omost.attention.refdrop import INPUT8, INPUT16, entry_bytes
+    from lib_omost.attention.refdrop_store import INPUT8, INPUT16, entry_bytes
     save(ui, "wide", steps=2)
     saved = save(ui, "narrow", steps=2, precision="8-bit")
     assert ui.pasted_values(refdrop.FEATURE, saved.infotexts[0])["precision"] == "8-bit"
@@ -194,7 +200,7 @@ def test_keys_by_step_in_one_call_and_in_split_calls(ui, refs):
 
 
 def _layers(family):
-    from lib_omost.attention.refdrop import attn1_layers
+    from lib_omost.attention.refdrop_store import attn1_layers
     return [layer for layer, _, _ in attn1_layers(family, (8, 8))]
 
 
@@ -429,7 +435,7 @@ BAD_NAMES = ["hero\n", "hero\r", "he\x1bro", "tab\there", "con", "CON", "Nul", "
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=range(len(BAD_NAMES)))
 def test_reference_names_that_are_not_safe_file_names_everywhere(ui, name):
-    from lib_omost.forge.refdrop_run import check_reference_name
+    from lib_omost.forge.refdrop_references import check_reference_name
     with pytest.raises(ValueError) as e:
         check_reference_name(name)
     assert str(e.value).startswith("reference name ") and len(str(e.value)) < 300
@@ -438,7 +444,7 @@ def test_reference_names_that_are_not_safe_file_names_everywhere(ui, name):
 @pytest.mark.parametrize("name", ["hero", "Hero 2", "my-ref_v1.2", "console", "com10", "lpt", "nullable", "auxiliary",
                                   "con1x", "x" * 64])
 def test_reference_names_that_are_fine(ui, name):
-    from lib_omost.forge.refdrop_run import check_reference_name
+    from lib_omost.forge.refdrop_references import check_reference_name
     assert check_reference_name(name) == name
 
 
@@ -475,23 +481,23 @@ def test_a_save_over_the_budget_is_refused_before_sampling_with_a_clear_message(
 
 
 def test_the_budget_estimate_is_exactly_what_is_stored(ui, refs, monkeypatch):
-    from lib_omost.forge import refdrop_run
+    from lib_omost.forge import refdrop_references
     save(ui, "probe", steps=2, keep_uncond=True)
     probe, _ = stored(refs, "probe")
     needed = sum(n.numel() * n.element_size() for (n,) in probe.entries.values())
     assert needed == probe.nbytes
-    monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: needed)
+    monkeypatch.setattr(refdrop_references, "budget_bytes", lambda: needed)
     assert note(save(ui, "fits", steps=2, keep_uncond=True)) == "" and (refs / "fits.safetensors").exists()
-    monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: needed - 1)
+    monkeypatch.setattr(refdrop_references, "budget_bytes", lambda: needed - 1)
     assert "needs" in note(save(ui, "over", steps=2, keep_uncond=True))
     assert not (refs / "over.safetensors").exists()
 
 
 def test_a_budget_hit_while_recording_writes_no_partial_file(ui, refs, monkeypatch):
     """The safety net behind the estimate: the store's own budget check during sampling."""
-    from lib_omost.forge import refdrop_run
+    from lib_omost.forge import refdrop_references
     monkeypatch.setattr(refdrop, "save_bytes", lambda *args: 0)          # an estimate that is too low
-    monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: MIB // 100)
+    monkeypatch.setattr(refdrop_references, "budget_bytes", lambda: MIB // 100)
     result = save(ui, steps=1)
     text = result.infotexts[0]
     assert "above the memory budget" in text and "recording stopped and the reference 'ref' is not saved" in text
@@ -499,10 +505,10 @@ def test_a_budget_hit_while_recording_writes_no_partial_file(ui, refs, monkeypat
 
 
 def test_a_reference_larger_than_the_budget_is_not_loaded(ui, refs, monkeypatch):
-    from lib_omost.forge import refdrop_run
+    from lib_omost.forge import refdrop_references
     save(ui, steps=1)
     off = gen(ui, steps=1)
-    monkeypatch.setattr(refdrop_run, "budget_bytes", lambda: 1000)
+    monkeypatch.setattr(refdrop_references, "budget_bytes", lambda: 1000)
     result = use(ui, steps=1)
     assert torch.equal(result.latents, off.latents)
     assert "the reference 'ref'" in note(result) and "does not fit the RefDrop memory budget" in note(result)
@@ -587,14 +593,14 @@ def test_xyz_axes_for_coefficient_save_percentage_and_reference(ui, refs):
 # --- reference management --------------------------------------------------------------------------------------
 
 def test_list_delete_and_the_one_reference_cache(ui, refs):
-    from lib_omost.forge import refdrop_run, refdrop_ui
+    from lib_omost.forge import refdrop_references, refdrop_ui
     save(ui, "alpha", steps=1)
     save(ui, "beta", steps=1, seed=3)
     assert refdrop_ui._listing() == "Saved references: `alpha`, `beta`"
     first = use(ui, "alpha", steps=1)
-    assert list(refdrop_run._cache) == [str(refs / "alpha.safetensors")]
+    assert list(refdrop_references._cache) == [str(refs / "alpha.safetensors")]
     use(ui, "beta", steps=1)
-    assert list(refdrop_run._cache) == [str(refs / "beta.safetensors")]          # one reference in memory
+    assert list(refdrop_references._cache) == [str(refs / "beta.safetensors")]          # one reference in memory
     save(ui, "alpha", steps=1, seed=5)                                            # overwritten: used afresh
     assert not torch.equal(use(ui, "alpha", steps=1).latents, first.latents)
     assert refdrop_ui._delete("alpha") == "deleted reference 'alpha'" and os.listdir(refs) == ["beta.safetensors"]

@@ -12,7 +12,7 @@ import torch
 from lib_omost.attention.core import layer_hw
 from lib_omost.attention.slothful import reduction_grid, slothful_stride
 from lib_omost.features import hidiffusion, omost, refdrop, slothful
-from lib_omost.forge.runners import PLAN_LINE
+from lib_omost.forge.pass_plan import PLAN_LINE
 from tests.standin import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

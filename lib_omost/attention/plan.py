@@ -13,11 +13,12 @@ Composition order on one layer (outermost first), by ``Stage.order``:
     attn2:  regional conditioning (Omost, 10) -> inner attention
 
 Two stages of one ``exclusive`` group on one layer (two query partitions) cannot both act on the same
-call: the one listed first in ``EXCLUSIVE_PRECEDENCE`` runs while it is active, the other runs when the
-first is inactive (outside its time window). ``AttentionPlan.report()`` states this for the infotext.
+call: the one with the lower ``precedence`` (a number each such stage carries) runs while it is active, the
+other runs when the first is inactive (outside its time window). ``AttentionPlan.report()`` states this
+for the infotext.
 
 Everything here is pure: layers are ``LayerKey`` tuples and each call carries an ``AttnCall``; the WebUI
-adapter (``lib_omost.forge.plan_install``) translates the WebUI's keys and options.
+adapter (``lib_omost.forge.pass_plan``) translates the WebUI's keys and options.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ import torch
 
 ATTN1 = "attn1"
 ATTN2 = "attn2"
-
-# Query partitions that cannot both act on one call, highest precedence first.
-EXCLUSIVE_PRECEDENCE = ("MSW-MSA", "Near-sighted", "Slothful")
-
 
 class LayerKey(NamedTuple):
     """A transformer block: ("input" | "middle" | "output", block number, depth index inside the block)."""
@@ -100,6 +97,7 @@ class Stage(Protocol):
     target: str          # ATTN1 or ATTN2
     order: int           # composition position, lower = outer
     exclusive: str | None   # group of stages that cannot both act on one call, or None
+    # precedence: int       # (stages of an exclusive group) lower runs first while active; default 0
 
     def applies(self, layer: LayerKey) -> bool: ...          # static: decided once per generation
     def active(self, call: AttnCall) -> bool: ...            # dynamic: e.g. a sigma window
@@ -140,8 +138,7 @@ def _first_active(stages: Sequence, inner: AttnFn) -> AttnFn:
 
 
 def _precedence(stage) -> int:
-    name = stage.name
-    return EXCLUSIVE_PRECEDENCE.index(name) if name in EXCLUSIVE_PRECEDENCE else len(EXCLUSIVE_PRECEDENCE)
+    return getattr(stage, "precedence", 0)
 
 
 def compose(stages: Sequence, inner: AttnFn) -> AttnFn:

@@ -24,7 +24,7 @@ import torch
 from lib_omost.attention.mswmsa import LAYERS as MSW_LAYERS
 from lib_omost.attention.mswmsa import draw_shift, msw_msa_attention
 from lib_omost.attention.plan import ATTN1, AttnCall, HostSigma, LayerKey
-from lib_omost.features.slothful import PATTERN_GROUP, layer_seed
+from lib_omost.features.slothful import MSW_MSA_PRECEDENCE, PATTERN_GROUP, layer_seed
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, INT, Feature, Param
 from lib_omost.unet.raunet import (
@@ -239,6 +239,7 @@ class MswMsaStage:
     target: str = ATTN1
     order: int = 20
     exclusive: str = PATTERN_GROUP
+    precedence: int = MSW_MSA_PRECEDENCE
 
     def __post_init__(self):
         self.blocks = msw_blocks(self.info.unet_family)

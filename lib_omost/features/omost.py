@@ -313,6 +313,9 @@ class RegionalStage:
     layouts: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.method not in ATTENTION_METHODS:
+            raise ValueError(f"{self.method!r} is not an attention method; choose one of "
+                             f"{', '.join(ATTENTION_METHODS)}")
         self.weights = region_weights(self.canvas)
 
     def applies(self, layer) -> bool:
@@ -333,27 +336,13 @@ class RegionalStage:
             negative = own_tokens is not None
             base = negative_token_regions(own_tokens, self.negative_regions) if negative else self.regions
             regions = fit_token_regions(base, context_len)
-            if self.method == OMOST:
-                made = omost_layout(regions, masks, context_len, strength=self.strength,
-                                    region_weights=self.weights, dtype=dtype)
-            elif self.method in (COUPLE, OVERLAY):
-                made = couple_layout(regions, masks, context_len, mode="overlay" if self.method == OVERLAY
-                                     else "average", strength=self.strength, region_weights=self.weights,
-                                     dtype=dtype, tokenless_to_global=negative)
-            else:
-                made = dense_cross_layout(regions, masks, context_len)
-            self.layouts[key] = made
+            self.layouts[key] = ATTENTION_METHODS[self.method].layout(self, regions, masks, context_len, dtype,
+                                                                      negative)
         return self.layouts[key]
 
     def attend(self, q, k, v, call: AttnCall, layout, rows):
         """The method on ``rows`` of the batch (None: all of them), plain attention on the others."""
-        if self.method == OMOST:
-            return omost_attention(q, k, v, call.heads, layout, cond_rows=rows)
-        if self.method in (COUPLE, OVERLAY):
-            return attention_couple(q, k, v, call.heads, layout, cond_rows=rows)
-        timestep = self.info.timestep(call.sigma) if call.sigma is not None else 999.0
-        return densediffusion_attention(q, k, v, call.heads, layout, timestep, weight=self.strength,
-                                        cond_rows=rows)
+        return ATTENTION_METHODS[self.method].attend(self, q, k, v, call, layout, rows)
 
     def own_tokens(self, call: AttnCall) -> int | None:
         """The WebUI negative prompt's token count when this call's uncond rows carry the canvas negatives."""
@@ -375,3 +364,56 @@ class RegionalStage:
                 groups.append((rows, lambda q_, k_, v_, layout=layout: self.attend(q_, k_, v_, call, layout, None)))
         return attention_by_row_groups(q, k, v, call.heads, groups)
 
+
+
+# ---- the attention methods: one row each (prediction blending is not one: it changes the predictions) ----
+
+@dataclass(frozen=True)
+class AttentionMethod:
+    """How a regional attention method builds its layout (once per layer size and context) and attends.
+    ``layout(stage, token regions, masks, context length, dtype, negative)``; ``attend(stage, q, k, v,
+    call, layout, rows)``."""
+    layout: Callable
+    attend: Callable
+
+
+def _omost_layout(stage, regions, masks, context_len, dtype, negative):
+    return omost_layout(regions, masks, context_len, strength=stage.strength, region_weights=stage.weights,
+                        dtype=dtype)
+
+
+def _couple_layout(mode: str) -> Callable:
+    def layout(stage, regions, masks, context_len, dtype, negative):
+        return couple_layout(regions, masks, context_len, mode=mode, strength=stage.strength,
+                             region_weights=stage.weights, dtype=dtype, tokenless_to_global=negative)
+    return layout
+
+
+def _dense_layout(stage, regions, masks, context_len, dtype, negative):
+    return dense_cross_layout(regions, masks, context_len)
+
+
+def _omost_attend(stage, q, k, v, call, layout, rows):
+    return omost_attention(q, k, v, call.heads, layout, cond_rows=rows)
+
+
+def _couple_attend(stage, q, k, v, call, layout, rows):
+    return attention_couple(q, k, v, call.heads, layout, cond_rows=rows)
+
+
+def _dense_attend(stage, q, k, v, call, layout, rows):
+    timestep = stage.info.timestep(call.sigma) if call.sigma is not None else 999.0
+    return densediffusion_attention(q, k, v, call.heads, layout, timestep, weight=stage.strength, cond_rows=rows)
+
+
+ATTENTION_METHODS = {
+    OMOST: AttentionMethod(_omost_layout, _omost_attend),
+    COUPLE: AttentionMethod(_couple_layout("average"), _couple_attend),
+    OVERLAY: AttentionMethod(_couple_layout("overlay"), _couple_attend),
+    DENSE: AttentionMethod(_dense_layout, _dense_attend),
+}
+
+
+def is_prediction_blending(method: str) -> bool:
+    """Whether ``method`` works on the predictions (masked conds), not in attention."""
+    return method not in ATTENTION_METHODS

@@ -19,9 +19,21 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lib_omost.attention.plan import ATTN1, AttnCall, LayerKey
-from lib_omost.attention.refdrop import (INPUT8, INPUT16, MIB, MissingReferenceError, Projection,
-                                         ReferenceBudgetError, ReferenceMismatchError, ReferenceStore, attn1_layers,
-                                         reference_bytes, refdrop_attention)
+from lib_omost.attention.refdrop import (
+    MissingReferenceError,
+    ReferenceMismatchError,
+    refdrop_attention,
+)
+from lib_omost.attention.refdrop_store import (
+    INPUT8,
+    INPUT16,
+    MIB,
+    Projection,
+    ReferenceBudgetError,
+    ReferenceStore,
+    attn1_layers,
+    reference_bytes,
+)
 from lib_omost.model_info import ModelInfo
 from lib_omost.params import BOOL, CHOICE, FLOAT, TEXT, Feature, Param
 from lib_omost.quoting import quoted

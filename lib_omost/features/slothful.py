@@ -42,6 +42,9 @@ from lib_omost.params import CHOICE, FLOAT, INT, Feature, Param
 
 SLOTHFUL, TILE, NEAR_SIGHTED = "Slothful attention", "Near-sighted tile", "Near-sighted attention"
 PATTERN_GROUP = "self-attention pattern"
+# precedence in that group (lower runs first while active): MSW-MSA's windows over Near-sighted's tiles over
+# Slothful's reduction (one accordion has Near-sighted or Slothful, never both)
+MSW_MSA_PRECEDENCE, NEARSIGHTED_PRECEDENCE, SLOTHFUL_PRECEDENCE = 0, 1, 2
 
 
 REDUCING = (("mode", (SLOTHFUL, NEAR_SIGHTED)),)     # the modes that shorten K/V over time
@@ -112,6 +115,7 @@ class SlothfulStage:
     def __post_init__(self):
         self.mode = self.values["mode"]
         self.name = "Slothful" if self.mode == SLOTHFUL else "Near-sighted"
+        self.precedence = SLOTHFUL_PRECEDENCE if self.mode == SLOTHFUL else NEARSIGHTED_PRECEDENCE
         self.input_side, self.output_side = sides(self.values)
         self.generators: dict[LayerKey, torch.Generator] = {}
 

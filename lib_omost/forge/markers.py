@@ -1,14 +1,45 @@
-"""The attributes that mark what we installed on the WebUI's objects ("this is ours"), in one place.
+"""The one mark on what we install on the WebUI's objects ("this is ours"), and how it is taken off again.
 
-Each is set on a function we install so that the next generation (or our own cleanup) recognises it and
-finds what it replaced; values are distinct, so no two mechanisms can mistake each other's marks.
+Every function the pass installer (``lib_omost.forge.pass_plan``) puts on a UNet patcher or on ``p`` carries
+``OURS``, holding what the slot held before (None: nothing, or an entry appended to a list). Taking ours
+off restores exactly that, so a later install of ours (a second accordion in the same pass, Forge main's
+discarded first hires call) replaces our earlier parts instead of stacking on them, and never drops what
+another extension put there.
 """
 
-WRAPPER_ATTR = "omost_wrapper_chains_to"        # our model_function_wrapper: the wrapper it chains to (or None)
-MODIFIER_ATTR = "omost_conditioning_modifier"   # our conditioning modifier (prediction blending)
-FOREIGN_ATTR = "omost_replace_wraps"            # our attention replaces: the foreign replace each wraps (or None)
-PREVIOUS_ATTR = "omost_override_replaced"       # our scheduler override: the override it replaced (or None)
-OUR_BLOCK_ATTR = "omost_block_patch"            # our UNet block patches (HiDiffusion RAU-Net)
-OUR_PATCH_ATTR = "omost_attention_patch"        # our attn1/attn2 patches (pre-projection stages: RefDrop Save)
+from __future__ import annotations
 
-ALL_MARKERS = (WRAPPER_ATTR, MODIFIER_ATTR, FOREIGN_ATTR, PREVIOUS_ATTR, OUR_BLOCK_ATTR, OUR_PATCH_ATTR)
+OURS = "omost_installed_over"
+
+ALL_MARKERS = (OURS,)
+
+
+def mark(fn, replaced=None):
+    """``fn``, marked as ours; ``replaced``: what its slot held before (None for a list entry)."""
+    setattr(fn, OURS, replaced)
+    return fn
+
+
+def is_ours(fn) -> bool:
+    return hasattr(fn, OURS)
+
+
+def before_ours(fn):
+    """What a slot held before we put ``fn`` there; ``fn`` itself when it is not ours."""
+    return getattr(fn, OURS) if is_ours(fn) else fn
+
+
+def unmark_slot(table: dict, key) -> None:
+    """Give ``table[key]`` back what it held before ours (drop the key when it held nothing)."""
+    if is_ours(table.get(key)):
+        previous = before_ours(table[key])
+        if previous is None:
+            del table[key]
+        else:
+            table[key] = previous
+
+
+def unmark_list(table: dict, key) -> None:
+    """Take our entries out of the list ``table[key]`` (others keep their order)."""
+    if key in table:
+        table[key] = [f for f in table[key] if not is_ours(f)]

@@ -6,6 +6,7 @@ unchanged canvas is not re-encoded on the next generation or X/Y/Z cell.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,9 +17,9 @@ import torch
 from lib_omost.canvas import CanvasError, canvas_to_json, load_canvas_text, region_masks
 from lib_omost.features import omost, region_lora as region_lora_tags
 from lib_omost.forge import omost_start, region_lora
-from lib_omost.forge.generation import did_not_run, loaded_model_info, read_values, report_problem
-from lib_omost.forge.markers import MODIFIER_ATTR, WRAPPER_ATTR
-from lib_omost.forge.plan_install import apply_feature
+from lib_omost.forge.accordions import Accordion, Contribution, DidNotRun
+from lib_omost.forge.generation import report_problem
+from lib_omost.forge.pass_plan import Parts
 from lib_omost.prompt_chunks import count_words
 
 log = logging.getLogger("sd-forge-omost")
@@ -95,7 +96,7 @@ def context_wrapper(context: torch.Tensor, vector, previous, filler: torch.Tenso
     """A model_function_wrapper giving the cond chunks of every UNet call the canvas context (and SDXL's
     pooled vector) and, with canvas ``negatives`` [Ln, C], the uncond chunks the WebUI's negative prompt
     followed by them; ``filler`` (the encoded empty prompt) fills up contexts of incompatible lengths
-    (``omost.swap_context``). Chains to a wrapper another extension installed."""
+    (``omost.swap_context``). Chains to ``previous`` (another extension's wrapper, or None)."""
     def wrapper(apply_model, args):
         c = dict(args["c"])
         chunks = args["cond_or_uncond"]
@@ -108,17 +109,7 @@ def context_wrapper(context: torch.Tensor, vector, previous, filler: torch.Tenso
         if previous is not None:
             return previous(apply_model, {**args, "c": c})
         return apply_model(args["input"], args["timestep"], **c)
-    setattr(wrapper, WRAPPER_ATTR, previous)
     return wrapper
-
-
-def install_context(p, context, vector, negatives=None) -> None:
-    unet = p.sd_model.forge_objects.unet.clone()
-    previous = unet.model_options.get("model_function_wrapper")
-    previous = getattr(previous, WRAPPER_ATTR) if hasattr(previous, WRAPPER_ATTR) else previous
-    filler, _ = encode_chunk(p, "")
-    unet.set_model_unet_function_wrapper(context_wrapper(context, vector, previous, filler, negatives))
-    p.sd_model.forge_objects.unet = unet
 
 
 def uncond_tokens_modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
@@ -130,9 +121,6 @@ def uncond_tokens_modifier(model, x, timestep, uncond, cond, cond_scale, model_o
                    omost.UNCOND_TOKENS: int(uncond[0]["model_conds"]["c_crossattn"].cond.shape[1])}
         model_options = {**model_options, "transformer_options": options}
     return model, x, timestep, uncond, cond, cond_scale, model_options, seed
-
-
-setattr(uncond_tokens_modifier, MODIFIER_ATTR, True)
 
 
 def blending_modifier(canvas, context, regions, vector, strength: float, end_sigma: float, regional: bool,
@@ -167,21 +155,12 @@ def blending_modifier(canvas, context, regions, vector, strength: float, end_sig
         if cond and mark_rows is not None:
             cond, uncond = mark_rows(cond, uncond, parts, contexts)
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
-    setattr(modifier, MODIFIER_ATTR, True)
     return modifier
 
 
 def cfg_scale_of(p) -> float:
     """The CFG scale of this sampling pass (the hires pass has its own)."""
     return float(getattr(p, "hr_cfg", p.cfg_scale) if getattr(p, "is_hr_pass", False) else p.cfg_scale)
-
-
-def install_blending(p, modifier) -> None:
-    """Our conditioning modifier on a clone of the UNet, replacing one a previous call of this pass added."""
-    unet = p.sd_model.forge_objects.unet.clone()
-    kept = [m for m in unet.model_options.get("conditioning_modifiers", []) if not hasattr(m, MODIFIER_ATTR)]
-    unet.model_options["conditioning_modifiers"] = kept + [modifier]
-    p.sd_model.forge_objects.unet = unet
 
 
 def parse_canvas(text: str):
@@ -198,42 +177,33 @@ def offload_chat_model() -> None:
         log.info("Omost: the local LLM was moved off the GPU for sampling")
 
 
-def start_from_canvas_colours(p, canvas, strength: float, noise) -> None:
-    """The initial-latent option (txt2img first pass only; the hires pass samples its own schedule)."""
+def start_from_canvas_colours(p, canvas, strength: float, noise):
+    """The initial-latent option's start part (txt2img first pass only; the hires pass samples its own
+    schedule), or None after reporting why not."""
     feature = omost.FEATURE
     if hasattr(p, "init_images"):
         report_problem(p, feature, "the initial latent is for txt2img; img2img starts from its own image")
-        return
+        return None
     if noise is None:
         report_problem(p, feature, "the WebUI passed no starting noise; the initial latent was not used")
-        return
+        return None
     try:
         latent = omost_start.canvas_latent(p, canvas)
-        sigma, total = omost_start.start_from_canvas(p, noise, latent, strength)
     except (ValueError, RuntimeError, NotImplementedError) as e:      # e.g. a VAE encoder that cannot run
         report_problem(p, feature, f"the initial latent failed ({e}); sampling starts from noise")
-        return
-    log.info("Omost: sampling starts from the canvas colours at sigma %.4g (the last %d steps of a %d-step "
-             "schedule)", sigma, int(p.steps), total)
+        return None
+    return omost_start.start_from_canvas(p, latent, strength)
 
 
-def run_omost(p, args, **sampling) -> None:
+def contribute_omost(p, values, info, sampling) -> Contribution:
     feature = omost.FEATURE
-    omost_start.remove_start_override(p)        # a first pass installs it again; a hires pass must not see it
-    values = read_values(p, feature, args)
-    if values is None:
-        return
-    info = loaded_model_info(p, feature)
-    if info is None:
-        return
     try:
         written = parse_canvas(values["canvas"])
         canvas, loras, problems = region_lora_tags.canvas_loras(written)    # tags out of the encoded texts
         chunk_texts = canvas_chunks(p, canvas, values["prompt_box"])
         omost.check_negative_chunk_count(negative_chunk_count(p, canvas))
     except CanvasError as e:
-        did_not_run(p, feature, str(e))
-        return
+        raise DidNotRun(str(e)) from None
     for problem in problems:
         report_problem(p, feature, problem)
     offload_chat_model()
@@ -248,24 +218,31 @@ def run_omost(p, args, **sampling) -> None:
 
     def note(message):
         report_problem(p, feature, message)
-    if values["method"] == omost.BLEND:
-        lora_state = region_lora.install(p, loras, canvas, None, True, note)
-        mark = region_lora.row_marker(region_lora.part_regions) if lora_state is not None else None
-        install_blending(p, blending_modifier(canvas, context, regions, vector, values["strength"], end_sigma,
-                                              regional=not hires_plain, negatives=negatives, mark_rows=mark))
-        stages = []
+    blending = omost.is_prediction_blending(values["method"])
+    lora = region_lora.parts(p.sd_model.forge_objects.unet, loras, canvas, None if blending else regions,
+                             blending, note)
+    if blending:
+        mark = region_lora.row_marker(region_lora.part_regions) if lora else None
+        own = Parts(modifiers=(blending_modifier(canvas, context, regions, vector, values["strength"], end_sigma,
+                                                 regional=not hires_plain, negatives=negatives, mark_rows=mark),))
     else:
-        install_context(p, context, vector, None if negatives is None else negatives[0])
-        if negatives is not None:
-            install_blending(p, uncond_tokens_modifier)
-        region_lora.install(p, loras, canvas, regions, False, note)
-        stages = [] if hires_plain else [omost.RegionalStage(
-            canvas, regions, values["method"], values["strength"], end_sigma, info,
-            negative_regions=None if negatives is None else negatives[1])]
-    apply_feature(p, feature.key, info, stages)
+        filler, _ = encode_chunk(p, "")
+        negative_context = None if negatives is None else negatives[0]
+        own = Parts(
+            wrappers=(lambda previous: context_wrapper(context, vector, previous, filler, negative_context),),
+            modifiers=() if negatives is None else (uncond_tokens_modifier,),
+            stages=() if hires_plain else (omost.RegionalStage(
+                canvas, regions, values["method"], values["strength"], end_sigma, info,
+                negative_regions=None if negatives is None else negatives[1]),))
+    start = None
     if values["initial_latent"] > 0 and not hires:
-        start_from_canvas_colours(p, canvas, values["initial_latent"], sampling.get("noise"))
+        start = start_from_canvas_colours(p, canvas, values["initial_latent"], sampling.get("noise"))
+    parts = dataclasses.replace(own, wrappers=own.wrappers + lora.wrappers, object_patches=lora.object_patches,
+                                start=start)
     compact = json.dumps(canvas_to_json(written), ensure_ascii=False, separators=(",", ":"))
-    p.extra_generation_params.update(feature.to_infotext({**values, "canvas": compact}))
-    log.info("Omost: %d regions, %d chunks (%d tokens), %s%s", len(canvas.regions), chunks, context.shape[0],
-             values["method"], " (no regional masks in this hires pass)" if hires_plain else "")
+    return Contribution(parts, {**values, "canvas": compact},
+                        log=f"Omost: {len(canvas.regions)} regions, {chunks} chunks ({context.shape[0]} tokens), "
+                            f"{values['method']}{' (no regional masks in this hires pass)' if hires_plain else ''}")
+
+
+OMOST = Accordion(omost.FEATURE, contribute_omost)

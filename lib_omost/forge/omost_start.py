@@ -2,7 +2,8 @@
 
 Two public WebUI hooks do it, nothing is patched: ``p.sampler_noise_scheduler_override`` hands the sampler the
 tail of a longer schedule (only in the first pass; any other request, e.g. the hires pass, gets the WebUI's
-normal schedule), and ``p.modified_noise`` replaces the starting noise.
+normal schedule), and ``p.modified_noise`` replaces the starting noise. The pass installer
+(``lib_omost.forge.pass_plan``) sets both, chained to what another extension set there.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import torch
 
 from lib_omost.features.omost_start import (blurred_canvas_colours, keep_through_discard, schedule_length,
                                             schedule_tail, start_noise)
-from lib_omost.forge.markers import PREVIOUS_ATTR
 
 
 def canvas_latent(p, canvas) -> torch.Tensor:
@@ -23,17 +23,6 @@ def canvas_latent(p, canvas) -> torch.Tensor:
     image = blurred_canvas_colours(canvas, int(p.width), int(p.height))
     method = sd_samplers_common.approximation_indexes.get(opts.sd_vae_encode_method, 0)
     return sd_samplers_common.images_tensor_to_samples(image, method, p.sd_model)
-
-
-def previous_override(p):
-    """The scheduler override in place before ours (ours is seen through, so re-installing is idempotent)."""
-    current = getattr(p, "sampler_noise_scheduler_override", None)
-    return getattr(current, PREVIOUS_ATTR) if hasattr(current, PREVIOUS_ATTR) else current
-
-
-def remove_start_override(p) -> None:
-    if hasattr(getattr(p, "sampler_noise_scheduler_override", None), PREVIOUS_ATTR):
-        p.sampler_noise_scheduler_override = previous_override(p)
 
 
 def discards_penultimate(sampler) -> bool:
@@ -64,21 +53,24 @@ def tail_override(p, tail: torch.Tensor, steps: int, previous, discard: bool):
         else:
             sigmas = webui_schedule(p, wanted, previous)       # already discarded by that inner call
         return keep_through_discard(sigmas) if discard else sigmas
-    setattr(override, PREVIOUS_ATTR, previous)
     return override
 
 
-def start_from_canvas(p, noise: torch.Tensor, latent: torch.Tensor, strength: float) -> tuple[float, int]:
-    """Make the first pass start at the canvas latent; returns (first sigma, length of the full schedule)."""
-    from modules.shared import opts
-    if latent.shape[1:] != noise.shape[1:]:
-        raise ValueError(f"the canvas latent {list(latent.shape[1:])} does not match the noise {list(noise.shape[1:])}")
-    previous = previous_override(p)
-    steps = int(p.steps)
-    total = schedule_length(steps, strength)
-    tail = schedule_tail(webui_schedule(p, total, previous), steps)
-    p.sampler_noise_scheduler_override = tail_override(p, tail, steps, previous, discards_penultimate(p.sampler))
-    sigma = float(tail[0])
-    scale = math.sqrt(1.0 + sigma ** 2) if getattr(opts, "sgm_noise_multiplier", False) else sigma
-    p.modified_noise = start_noise(noise, latent.expand(noise.shape[0], -1, -1, -1), scale)
-    return sigma, total
+def start_from_canvas(p, latent: torch.Tensor, strength: float):
+    """The start part of the first pass (``pass_plan.Parts.start``): (noise, previous scheduler override) ->
+    (the canvas latent plus that noise at the mapped sigma, an override giving the schedule's tail, a log line)."""
+    def start(noise: torch.Tensor, previous):
+        from modules.shared import opts
+        if latent.shape[1:] != noise.shape[1:]:
+            raise ValueError(f"the canvas latent {list(latent.shape[1:])} does not match the noise "
+                             f"{list(noise.shape[1:])}")
+        steps = int(p.steps)
+        total = schedule_length(steps, strength)
+        tail = schedule_tail(webui_schedule(p, total, previous), steps)
+        override = tail_override(p, tail, steps, previous, discards_penultimate(p.sampler))
+        sigma = float(tail[0])
+        scale = math.sqrt(1.0 + sigma ** 2) if getattr(opts, "sgm_noise_multiplier", False) else sigma
+        made = start_noise(noise, latent.expand(noise.shape[0], -1, -1, -1), scale)
+        return made, override, (f"Omost: sampling starts from the canvas colours at sigma {sigma:.4g} (the last "
+                                f"{steps} steps of a {total}-step schedule)")
+    return start

@@ -21,7 +21,7 @@ PREVIEW_SIDE = 384
 
 def settings_options() -> dict:
     """(default, label) of each install-level option, shown in Settings → Omost."""
-    from lib_omost.forge.refdrop_run import DEFAULT_BUDGET_MIB
+    from lib_omost.forge.refdrop_references import DEFAULT_BUDGET_MIB
     from lib_omost.llm import DEFAULT_MODEL
     from lib_omost.llm.events import DEFAULT_MAX_ANSWER_CHARS
     from lib_omost.llm.openai_compat import DEFAULT_READ_TIMEOUT

@@ -1,112 +1,32 @@
-"""RefDrop in the WebUI: named reference files, the in-memory cache, and the per-generation runner.
-
-References are safetensors files in ``<extension>/refdrop_references/`` (they survive restarts). The
-cache holds the reference used last (one: each may be as large as the memory budget), by file path; a file
-changed on disk is reloaded.
+"""RefDrop in a generation: what it contributes to a sampling pass (Save records into a store, Use blends a
+named reference in), and after the batch, the report and the reference file of a Save. The named references
+themselves: ``lib_omost.forge.refdrop_references``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from dataclasses import dataclass
 
-from lib_omost.attention.refdrop import (MIB, ReferenceBudgetError, ReferenceMismatchError, ReferenceSaveError,
-                                         ReferenceStore, check_reference_family, load_reference, save_reference,
-                                         step_index)
+from lib_omost.attention.refdrop import ReferenceMismatchError, step_index
+from lib_omost.attention.refdrop_file import (
+    ReferenceSaveError,
+    check_reference_family,
+    save_reference,
+)
+from lib_omost.attention.refdrop_store import MIB, ReferenceBudgetError, ReferenceStore
 from lib_omost.features import refdrop
-from lib_omost.forge.generation import (add_note, did_not_run, loaded_model_info, read_values, report_problem,
-                                       write_infotext)
-from lib_omost.forge.plan_install import apply_feature
+from lib_omost.forge import refdrop_references as references
+from lib_omost.forge.accordions import Accordion, Contribution, DidNotRun
+from lib_omost.forge.generation import report_problem
+from lib_omost.forge.pass_plan import Parts
 from lib_omost.forge.webui import attn1_projections, schedule_sigmas
 from lib_omost.quoting import quoted
 
 log = logging.getLogger("sd-forge-omost")
 
-EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_BUDGET_MIB = 4096
-MAX_BUDGET_MIB = 1 << 20            # 1 TiB
-BUDGET_SETTING = "Omost → 'RefDrop: memory budget of a saved reference (MiB)'"
 SAVE_ATTR = "omost_refdrop_save"            # the SaveJob of one generation, on p
 STAGES_ATTR = "omost_refdrop_stages"        # stages installed since the last batch's report, on p
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")      # whole name (fullmatch): no control characters
-# names Windows reserves for devices, whatever the extension or case ("nul.safetensors" is the NUL device)
-WINDOWS_DEVICES = frozenset(["con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
-                             *(f"lpt{i}" for i in range(10))])
-_cache: dict[str, tuple[float, ReferenceStore, object]] = {}     # path -> (mtime, store, info)
-
-
-def references_dir() -> str:
-    return os.environ.get("OMOST_REFDROP_DIR") or os.path.join(EXTENSION_ROOT, "refdrop_references")
-
-
-def check_reference_name(name: str) -> str:
-    """A reference name that is a safe file name on every system, or ValueError saying what is allowed."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith((".", " ")):
-        raise ValueError(f"reference name {quoted(name)}: use 1-64 letters, digits, spaces, '_', '-' or '.', "
-                         "starting with a letter or digit and ending with neither a space nor '.'")
-    if name.split(".")[0].rstrip(" ").lower() in WINDOWS_DEVICES:
-        raise ValueError(f"reference name {quoted(name)} is a device name on Windows (CON, PRN, AUX, NUL, "
-                         "COM0-COM9, LPT0-LPT9, with any extension); choose another name")
-    return name
-
-
-def reference_path(name: str) -> str:
-    return os.path.join(references_dir(), f"{check_reference_name(name)}.safetensors")
-
-
-def list_references() -> list[str]:
-    folder = references_dir()
-    if not os.path.isdir(folder):
-        return []
-    return sorted(f[:-len(".safetensors")] for f in os.listdir(folder) if f.endswith(".safetensors"))
-
-
-def delete_reference(name: str) -> str:
-    path = reference_path(name)
-    _cache.pop(path, None)
-    if not os.path.exists(path):
-        return f"no reference named {quoted(name)}"
-    os.remove(path)
-    return f"deleted reference {quoted(name)}"
-
-
-def budget_bytes() -> int:
-    """The memory budget of one reference (Settings, in MiB) in bytes."""
-    from modules import shared
-    mib = getattr(shared.opts, "omost_refdrop_budget_mib", DEFAULT_BUDGET_MIB)
-    try:
-        value = float(mib)
-    except (TypeError, ValueError, OverflowError):
-        value = float("nan")
-    if not 0 < value <= MAX_BUDGET_MIB:         # also false for NaN
-        raise ValueError(f"the RefDrop memory budget setting ({BUDGET_SETTING}) is {quoted(mib)}; it must be a "
-                         f"number of MiB above 0 and at most {MAX_BUDGET_MIB}")
-    return int(value * MIB)
-
-
-def get_reference(name: str):
-    """(store, info) of a named reference, from the cache or its file; FileNotFoundError names the choices."""
-    path = reference_path(name)
-    if not os.path.exists(path):
-        known = ", ".join(list_references()) or "none saved yet"
-        raise FileNotFoundError(f"no RefDrop reference named {quoted(name)} (saved references: {known}); "
-                                "run a generation in Save mode first")
-    mtime = os.path.getmtime(path)
-    cached = _cache.get(path)
-    if cached is None or cached[0] != mtime:
-        _cache.clear()          # one reference in memory at a time
-        budget = budget_bytes()
-        try:
-            store, info = load_reference(path, budget_bytes=budget)
-        except ReferenceBudgetError:
-            raise ReferenceBudgetError(
-                f"the reference {quoted(name)} ({refdrop.format_mib(os.path.getsize(path))} on disk) does not fit the "
-                f"RefDrop memory budget of {refdrop.format_mib(budget)}; raise the budget (Settings: "
-                f"{BUDGET_SETTING}) or save a smaller reference") from None
-        _cache[path] = cached = (mtime, store, info)
-    return cached[1], cached[2]
 
 
 class ObservedSteps:
@@ -157,33 +77,25 @@ def latent_size(p) -> tuple[int, int]:
     return int(p.height) // 8, int(p.width) // 8
 
 
-def run_refdrop(p, args, **_sampling) -> None:
+def contribute_refdrop(p, values, info, _sampling) -> Contribution:
     feature = refdrop.FEATURE
-    values = read_values(p, feature, args)
-    if values is None:
-        return
-    info = loaded_model_info(p, feature)
-    if info is None:
-        return
     hires = getattr(p, "is_hr_pass", False)
     if hires and (values["mode"] == refdrop.SAVE or not values["hires_pass"]):
-        return
+        return Contribution()
     try:
         layers = refdrop.selected_layers(values, info.layers)
         step_of, steps = step_counter(p)
         limit = refdrop.saved_steps(steps, values["save_percent"])
         if values["mode"] == refdrop.SAVE:
-            reference_path(values["reference"])          # a bad name fails now, not after sampling
+            references.reference_path(values["reference"])          # a bad name fails now, not after sampling
             job = getattr(p, SAVE_ATTR, None)
             if job is not None and (job.written or job.failed):
-                write_infotext(p, feature, values)      # later batches (n_iter): the first batch recorded it
-                if job.failed:
-                    add_note(p, feature, job.problem)
-                return
+                # later batches (n_iter): the first batch recorded it
+                return Contribution(infotext=values, notes=(job.problem,) if job.failed else ())
             if job is None:         # the first batch
-                budget, rows = budget_bytes(), 2 if values["keep_uncond"] else 1
+                budget, rows = references.budget_bytes(), 2 if values["keep_uncond"] else 1
                 refdrop.check_save_budget(refdrop.save_bytes(info, layers, latent_size(p), limit, rows,
-                                                             values["precision"]), budget, BUDGET_SETTING)
+                                                             values["precision"]), budget, references.BUDGET_SETTING)
                 job = SaveJob(values["reference"], info.family, steps,
                               ReferenceStore(budget_bytes=budget, keep_uncond=values["keep_uncond"],
                                              compact=values["precision"] == refdrop.BITS8))
@@ -191,7 +103,7 @@ def run_refdrop(p, args, **_sampling) -> None:
             stage = refdrop.RefDropStage(refdrop.SAVE, layers, job.store, step_of, limit)
         else:
             name = values["reference"]
-            store, ref_info = get_reference(name)
+            store, ref_info = references.get_reference(name)
             check_reference_family(ref_info, info.family)
             refdrop.check_widths(ref_info.widths, info, layers)
             held = {layer for layer in layers if layer.label() in ref_info.widths}
@@ -205,14 +117,12 @@ def run_refdrop(p, args, **_sampling) -> None:
             stage = refdrop.RefDropStage(refdrop.USE, held, store, step_of, limit, values["coefficient"],
                                          reference=name, projections=attn1_projections(p.sd_model.forge_objects.unet))
     except (ValueError, OSError, ReferenceMismatchError, ReferenceBudgetError) as e:
-        did_not_run(p, feature, str(e))
-        return
-    write_infotext(p, feature, values)
+        raise DidNotRun(str(e)) from None
     setattr(p, STAGES_ATTR, [*getattr(p, STAGES_ATTR, []), stage])
-    if stage.mode == refdrop.SAVE:
-        apply_feature(p, feature.key, info, pre_stages=[stage])
-    else:
-        apply_feature(p, feature.key, info, [stage])
+    return Contribution(Parts(pre_stages=(stage,)) if stage.mode == refdrop.SAVE else Parts(stages=(stage,)), values)
+
+
+REFDROP = Accordion(refdrop.FEATURE, contribute_refdrop)
 
 
 def report_batch(p) -> None:
@@ -244,7 +154,7 @@ def report_batch(p) -> None:
 def write_reference(p, job: SaveJob) -> None:
     """Write a recorded reference to its file; a failure is reported (console with the path, note with the
     reason) and nothing is claimed saved."""
-    path = reference_path(job.name)
+    path = references.reference_path(job.name)
     try:
         size = save_reference(job.store, path, model_family=job.family, resolution=(int(p.width), int(p.height)),
                               steps=job.steps)
@@ -254,7 +164,7 @@ def write_reference(p, job: SaveJob) -> None:
                          "saved (the console names the folder)")
         return
     job.written = True
-    _cache.pop(path, None)       # the next Use loads the new file
+    references.forget(path)      # the next Use loads the new file
     log.info("RefDrop: saved reference %r (%.1f MiB, %d entries) to %s", job.name, size / MIB,
              len(job.store.entries), path)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from lib_omost.attention.refdrop import attn1_layers
+from lib_omost.attention.refdrop_store import attn1_layers
 from lib_omost.features.refdrop import index_table
-from lib_omost.forge.refdrop_run import delete_reference, list_references
+from lib_omost.forge.refdrop_references import delete_reference, list_references
 
 
 def layer_index_help() -> str:

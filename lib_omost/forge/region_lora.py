@@ -26,7 +26,7 @@ from lib_omost.attention.core import layer_hw
 from lib_omost.canvas import region_masks
 from lib_omost.features import omost
 from lib_omost.features.region_lora import RegionLora
-from lib_omost.forge.markers import WRAPPER_ATTR
+from lib_omost.forge.pass_plan import Parts
 from lib_omost.forge.webui import FORGE, flavour
 from lib_omost.unet.lora import CONTEXT, CONV, TOKENS, Gate, LowRank, gated_forward, layer_kind, low_rank
 
@@ -176,9 +176,8 @@ class CallState:
         return {**args, "c": c}
 
 
-def lora_wrapper(state: CallState, previous, unwraps_to):
-    """A model_function_wrapper announcing each UNet call to ``state``; chains to ``previous``.
-    ``unwraps_to``: what a later pass of ours should chain to instead of this wrapper."""
+def lora_wrapper(state: CallState, previous):
+    """A model_function_wrapper announcing each UNet call to ``state``; chains to ``previous``."""
     def wrapper(apply_model, args):
         args = state.begin(args)
         try:
@@ -187,7 +186,6 @@ def lora_wrapper(state: CallState, previous, unwraps_to):
             return apply_model(args["input"], args["timestep"], **args["c"])
         finally:
             state.call = None
-    setattr(wrapper, WRAPPER_ATTR, unwraps_to)
     return wrapper
 
 
@@ -260,14 +258,13 @@ def _get(obj, path: str):
     return obj
 
 
-def install(p, per_region: list[list[RegionLora]], canvas, token_regions, blending: bool, report) -> CallState | None:
-    """Object patches and the call wrapper on a clone of the UNet; None (nothing installed) when no region
-    LoRA acts. ``report(message)`` gets every problem (missing names with the folders searched, kinds that
-    cannot be added un-merged)."""
+def parts(unet, per_region: list[list[RegionLora]], canvas, token_regions, blending: bool, report) -> Parts:
+    """The region LoRAs' part of the pass plan (layer forwards and the call wrapper); empty when no region
+    LoRA acts. ``unet``: the pass's UNet (its model's layers). ``report(message)`` gets every problem
+    (missing names with the folders searched, kinds that cannot be added un-merged)."""
     if not any(per_region):
-        return None
-    current = p.sd_model.forge_objects.unet
-    loaded = load_region_loras(current, per_region)
+        return Parts()
+    loaded = load_region_loras(unet, per_region)
     for name in dict.fromkeys(loaded.missing):
         report(f"region LoRA {name!r} was not found (searched {', '.join(lora_folders()) or 'no LoRA folder'}); "
                "the image is made without it")
@@ -275,19 +272,17 @@ def install(p, per_region: list[list[RegionLora]], canvas, token_regions, blendi
         report(f"region LoRA {name!r}: {count} of its layers are not plain low-rank (LoHa, LoKr, DoRA or full "
                "weights) and were left out")
     if not loaded.updates:
-        return None
+        return Parts()
     state = CallState(canvas, token_regions, blending)
-    unet = current.clone()
-    for path, updates in loaded.updates.items():
-        layer = _get(unet.model, path)
-        name = f"{path}.forward"
-        # the class's forward, not the attribute: a clone of ours from an earlier generation may still be set
-        original = unet.object_patches.get(name, type(layer).forward.__get__(layer, type(layer)))
-        unet.add_object_patch(name, gated_forward(layer, original, layer_kind(path, layer), updates, state.gates))
-    previous = unet.model_options.get("model_function_wrapper")
-    if blending and hasattr(previous, WRAPPER_ATTR):      # ours from an earlier pass: replaced, not chained
-        previous = getattr(previous, WRAPPER_ATTR)
-    unet.set_model_unet_function_wrapper(lora_wrapper(state, previous, getattr(previous, WRAPPER_ATTR, previous)))
-    p.sd_model.forge_objects.unet = unet
+
+    def forwards(target) -> dict:
+        patched = {}
+        for path, updates in loaded.updates.items():
+            layer = _get(target.model, path)
+            name = f"{path}.forward"
+            # the class's forward, not the attribute: a clone of ours from an earlier generation may still be set
+            original = target.object_patches.get(name, type(layer).forward.__get__(layer, type(layer)))
+            patched[name] = gated_forward(layer, original, layer_kind(path, layer), updates, state.gates)
+        return patched
     log.info("Omost: region LoRAs on %d layers (%s)", len(loaded.updates), ", ".join(loaded.files))
-    return state
+    return Parts(wrappers=(lambda previous: lora_wrapper(state, previous),), object_patches=forwards)

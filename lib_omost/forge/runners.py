@@ -1,27 +1,15 @@
-"""``process_before_every_sampling`` of each accordion: values -> stages/patches -> installed, infotext written.
-
-Each runner is idempotent within a pass (running again replaces what it installed) and installs nothing
-when its accordion is off.
+"""What Slothful / Near-sighted attention and HiDiffusion contribute to a sampling pass (run by
+``lib_omost.forge.accordions.run``).
 """
 
 from __future__ import annotations
 
-import logging
-
 from lib_omost.features import hidiffusion, slothful
-from lib_omost.forge.blocks import install_block_patches, upsample_hook_available
-from lib_omost.forge.generation import (
-    did_not_run,
-    loaded_model_info,
-    read_values,
-    report_problem,
-    write_infotext,
-)
-from lib_omost.forge.plan_install import apply_feature
+from lib_omost.forge.accordions import Accordion, Contribution, DidNotRun
+from lib_omost.forge.generation import report_problem
+from lib_omost.forge.pass_plan import Parts, upsample_hook_available
 from lib_omost.forge.webui import schedule_sigmas
 from lib_omost.unet.raunet import step_sigma_window
-
-log = logging.getLogger("sd-forge-omost")
 
 
 def image_seed(p) -> int:
@@ -29,54 +17,11 @@ def image_seed(p) -> int:
     return int(seeds[0]) if seeds else int(getattr(p, "seed", 0) or 0)
 
 
-# infotext: the precedence decisions; the stage that yields is always Slothful / Near-sighted (to MSW-MSA)
-PLAN_LINE = f"{slothful.FEATURE.title} precedence"
-HIRES = " (hires pass)"
+def contribute_slothful(p, values, info, _sampling) -> Contribution:
+    return Contribution(Parts(stages=tuple(slothful.stages(values, info, image_seed(p)))), values)
 
 
-def _forget_plan_line(p) -> None:
-    """At a first pass, drop precedence lines an earlier generation left: X/Y/Z cells share one
-    extra_generation_params, and both accordions may be off in this cell. (Call before anything else.)"""
-    if not getattr(p, "is_hr_pass", False):
-        for key in (PLAN_LINE, PLAN_LINE + HIRES):
-            p.extra_generation_params.pop(key, None)
-
-
-def _log_plan(p, plan, info) -> None:
-    """Log the pass's plan; its precedence decisions go to the infotext (the hires pass's under its own key).
-
-    Precedence needs both accordions; whichever runs last sees the whole plan and has the last word.
-    """
-    lines = plan.report(list(info.layers))
-    for line in lines:
-        log.info("AttentionPlan: %s", line)
-    precedence = [line for line in lines if line.startswith("precedence")]
-    key = PLAN_LINE + (HIRES if getattr(p, "is_hr_pass", False) else "")
-    if precedence:
-        p.extra_generation_params[key] = "; ".join(precedence)
-    else:
-        p.extra_generation_params.pop(key, None)
-
-
-def _begin(p, feature, args):
-    """(values, model info) of an enabled accordion on a model it can serve, else None (reported)."""
-    _forget_plan_line(p)
-    values = read_values(p, feature, args)
-    if values is None:
-        return None
-    info = loaded_model_info(p, feature)
-    return None if info is None else (values, info)
-
-
-def run_slothful(p, args, **_sampling) -> None:
-    feature = slothful.FEATURE
-    begun = _begin(p, feature, args)
-    if begun is None:
-        return
-    values, info = begun
-    plan = apply_feature(p, feature.key, info, slothful.stages(values, info, image_seed(p)))
-    write_infotext(p, feature, values)
-    _log_plan(p, plan, info)
+SLOTHFUL = Accordion(slothful.FEATURE, contribute_slothful)
 
 
 def pass_size(p) -> tuple[int, int]:
@@ -86,22 +31,16 @@ def pass_size(p) -> tuple[int, int]:
     return int(p.width), int(p.height)
 
 
-def run_hidiffusion(p, args, **_sampling) -> None:
+def contribute_hidiffusion(p, values, info, _sampling) -> Contribution:
     feature = hidiffusion.FEATURE
-    begun = _begin(p, feature, args)
-    if begun is None:
-        return
-    values, info = begun
     hires = getattr(p, "is_hr_pass", False)
     applied_key = f"{feature.title} applied" + (" (hires pass)" if hires else "")
     if hires and not values["hires_pass"]:
-        write_infotext(p, feature, values, {applied_key: "nothing (Apply in hires pass is off)"})
-        return
+        return Contribution(infotext=values, extra={applied_key: "nothing (Apply in hires pass is off)"})
     try:
         settings = hidiffusion.resolve(values, info.unet_family, *pass_size(p))
     except ValueError as e:
-        did_not_run(p, feature, str(e))
-        return
+        raise DidNotRun(str(e)) from None
     if getattr(p.sd_model.forge_objects.unet, "controlnet_linked_list", None) is not None and (settings.raunet or settings.ca):
         report_problem(p, feature, "ControlNet is active: its residuals have the normal UNet sizes, so RAU-Net "
                                    "and CA are skipped for this generation (MSW-MSA still runs)")
@@ -118,10 +57,10 @@ def run_hidiffusion(p, args, **_sampling) -> None:
             report_problem(p, feature, "the sampler gives no step schedule: time windows are taken as percent")
         else:
             to_sigma = lambda window: step_sigma_window(window, sigmas)      # noqa: E731
-    patches = hidiffusion.block_patches(settings, info, to_sigma)
-    for note in install_block_patches(p, patches) if patches else []:
-        report_problem(p, feature, note)
-    plan = apply_feature(p, feature.key, info, hidiffusion.stages(settings, info, image_seed(p), to_sigma))
-    write_infotext(p, feature, values, {applied_key: settings.describe()})
-    log.info("HiDiffusion %s: %s", " ".join(settings.notes), settings.describe())
-    _log_plan(p, plan, info)
+    parts = Parts(block_patches=hidiffusion.block_patches(settings, info, to_sigma),
+                  stages=tuple(hidiffusion.stages(settings, info, image_seed(p), to_sigma)))
+    return Contribution(parts, values, {applied_key: settings.describe()},
+                        f"HiDiffusion {' '.join(settings.notes)}: {settings.describe()}")
+
+
+HIDIFFUSION = Accordion(hidiffusion.FEATURE, contribute_hidiffusion)
