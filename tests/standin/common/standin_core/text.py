@@ -10,7 +10,8 @@
 # same chunk count; output [B, 77*k, width] (hstack of chunks); Original emphasis (multiply, restore mean);
 # pooled output from the first chunk; tokens after the first EOS set to the pad id when pad != EOS.
 # The tokenizer is word-level (lower-cased words and single punctuation marks, ids from crc32) and the
-# encoder a tiny seeded network, so prompts map to stable, distinct embeddings without any download.
+# encoder a tiny seeded network with transformers' CLIPTextModel layer names (what text-encoder LoRA keys
+# name), so prompts map to stable, distinct embeddings without any download.
 import re
 import zlib
 
@@ -99,16 +100,62 @@ class ToyTokenizer:
         return {",</w>": self.token_id(",")}
 
 
+class ToyAttention(nn.Module):
+    """One-head causal self-attention with CLIPAttention's projection names (q_proj, k_proj, v_proj, out_proj)."""
+
+    def __init__(self, width, generator):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (_seeded_linear(width, width, generator)
+                                                                for _ in range(4))
+
+    def forward(self, h):
+        scores = self.q_proj(h) @ self.k_proj(h).transpose(1, 2) / h.shape[-1] ** 0.5
+        future = torch.ones(h.shape[1], h.shape[1], dtype=torch.bool).triu(1)
+        return self.out_proj(scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ self.v_proj(h))
+
+
+class ToyMLP(nn.Module):
+    def __init__(self, width, generator):
+        super().__init__()
+        self.fc1, self.fc2 = _seeded_linear(width, 2 * width, generator), _seeded_linear(2 * width, width, generator)
+
+    def forward(self, h):
+        return self.fc2(torch.tanh(self.fc1(h)))
+
+
+class ToyEncoderLayer(nn.Module):
+    """CLIPEncoderLayer's residual layout (attention, then MLP) and sub-module names, without layer norms."""
+
+    def __init__(self, width, generator):
+        super().__init__()
+        self.self_attn, self.mlp = ToyAttention(width, generator), ToyMLP(width, generator)
+
+    def forward(self, h):
+        h = h + self.self_attn(h)
+        return h + self.mlp(h)
+
+
+def _seeded_linear(width_in, width_out, generator):
+    layer = nn.Linear(width_in, width_out)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(width_out, width_in, generator=generator) / width_in ** 0.5)
+        layer.bias.copy_(0.1 * torch.randn(width_out, generator=generator))
+    return layer
+
+
 class ToyTextEncoder(nn.Module):
-    """Embeddings + two causal mixing layers; hidden_states like transformers' output_hidden_states."""
+    """Embeddings + two encoder layers at transformers' CLIPTextModel paths (text_model.encoder.layers.N with
+    self_attn.{q,k,v,out}_proj and mlp.fc1 / fc2, the Linear layers a text-encoder LoRA targets);
+    hidden_states like transformers' output_hidden_states."""
 
     def __init__(self, vocab_size, width, seed, projection_dim=None):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.token_embedding = nn.Parameter(torch.randn(vocab_size, width, generator=generator) * 0.5)
         self.position_embedding = nn.Parameter(torch.randn(CHUNK_LENGTH + 2, width, generator=generator) * 0.1)
-        self.mix = nn.ParameterList([nn.Parameter(torch.randn(width, width, generator=generator) / width ** 0.5)
-                                     for _ in range(2)])
+        self.text_model = nn.Module()
+        self.text_model.encoder = nn.Module()
+        self.text_model.encoder.layers = nn.ModuleList([ToyEncoderLayer(width, generator) for _ in range(2)])
         self.final_layer_norm = nn.LayerNorm(width)
         with torch.no_grad():   # a non-zero mean, as real CLIP states have (emphasis rescales by the mean)
             self.final_layer_norm.weight.copy_(1.0 + 0.1 * torch.randn(width, generator=generator))
@@ -120,9 +167,8 @@ class ToyTextEncoder(nn.Module):
     def forward(self, tokens):
         h = self.token_embedding[tokens] + self.position_embedding[: tokens.shape[1]]
         hidden_states = [h]
-        steps = torch.arange(1, tokens.shape[1] + 1, dtype=h.dtype)[None, :, None]
-        for weight in self.mix:
-            h = h + torch.tanh((h.cumsum(dim=1) / steps) @ weight)
+        for layer in self.text_model.encoder.layers:
+            h = layer(h)
             hidden_states.append(h)
         first_eos = (tokens == self.eos_token_id).int().argmax(dim=1)
         pooled = self.final_layer_norm(h)[torch.arange(h.shape[0]), first_eos]
