@@ -8,6 +8,9 @@ for sampling and puts the layers' own forwards back when it loads another clone 
 is ever changed and the state dict is the same throughout. Which rows / pixels / tokens a region owns in the
 current UNet call is set by our model_function_wrapper into a per-generation ``CallState`` (never global).
 Nothing is installed when no region names a LoRA.
+
+The text-encoder part (``text_encoder_loras``, ``on_text_encoder``) acts while the region's own chunks are
+encoded, and only then.
 """
 
 from __future__ import annotations
@@ -301,9 +304,12 @@ def text_encoder_loras(clip, per_region: list[list[RegionLora]], report) -> list
     (a LoRA file without text-encoder layers, te weight 0). ``report(message)`` gets the problems: a name
     not found (only when no region gives it a UNet weight: the UNet part reports those, so a name is one
     note), layers that are not plain low-rank or not a Linear layer."""
-    model = clip.cond_stage_model
-    loaded = _load(per_region, "te", lambda filename: te_patches(clip, filename),
-                   usable=lambda path: isinstance(_get(model, path), torch.nn.Linear))
+    def linear(path):
+        try:
+            return isinstance(_get(clip.cond_stage_model, path), torch.nn.Linear)
+        except AttributeError:
+            return False
+    loaded = _load(per_region, "te", lambda filename: te_patches(clip, filename), usable=linear)
     in_unet = {lora.name for loras in per_region for lora in loras if lora.unet != 0}
     for name in dict.fromkeys(loaded.missing):
         if name not in in_unet:
