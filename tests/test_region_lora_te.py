@@ -17,7 +17,7 @@ from lib_omost.features import omost
 from lib_omost.features.region_lora import canvas_loras
 from lib_omost.unet.lora import low_rank, merged_delta
 from tests.standin import harness
-from tests.test_region_lora_webui import ROOT, canvas_json, flavour, run  # noqa: F401  (flavour: a fixture)
+from tests.test_region_lora_webui import ROOT, Capture, K2, canvas_json, flavour, run  # noqa: F401 (a fixture)
 
 Q0 = "text_model.encoder.layers.0.self_attn.q_proj"          # under <clip_l / clip_g>.transformer
 FC1 = "text_model.encoder.layers.0.mlp.fc1"
@@ -233,3 +233,60 @@ def test_generation_with_a_te_lora_changes_the_image_and_leaves_the_text_encoder
         assert not torch.equal(result.latents, without)
         assert same_te(clip, before)
         assert torch.equal(ui.txt2img(prompt="a cat", cfg_scale=5, steps=2).latents, plain_before)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_unet_reads_the_region_chunk_encoded_with_its_te_lora(flavour, family):
+    """Attention couple: every cond row's cross-attention context is the canvas context, whose dog chunk is
+    the merged-LoRA encode and whose other chunks are the plain encodes."""
+    from lib_omost.forge import omost_run
+    from modules import shared
+    ui = harness.start_webui([ROOT], family=family)
+    model = shared.sd_model
+    clip = model.forge_objects_original.clip
+    state = write_te_lora("dog_te", clip, LAYERS[family], seed=4)
+    clean = canvas_loras(canvas_from_json(json.loads(canvas_json())))[0]
+    chunks = omost_run.canvas_chunks(SimpleNamespace(sd_model=model, prompt=""), clean, omost.APPEND)
+    dog = region_of(clean, "a dog")
+    expected = [(merged_encode(model, text, state, LAYERS[family], 0.8) if region == dog else encode(model, text))[0]
+                for region, text in ((r, omost.escape_webui_prompt(t)) for r, t in chunks)]
+    dm = model.forge_objects_original.unet.model.diffusion_model
+    path = "input_blocks.4.1.transformer_blocks.0.attn2.to_k" if family == "sdxl" else K2
+    capture = Capture(dm, [path])
+    try:
+        run(ui, canvas_json("a dog <lora:dog_te:0.8:0>"), method=omost.COUPLE)
+    finally:
+        capture.close()
+    rows = 0
+    for x, _ in capture.calls[path]:
+        for row in x:
+            if row.shape[0] != 77 * len(chunks) or torch.equal(row[:77], row[77:154]):
+                continue                                   # an uncond row (the negative prompt, repeated)
+            for i, want in enumerate(expected):
+                got = row[77 * i:77 * (i + 1)]
+                if chunks[i][0] == dog:
+                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+                    assert not torch.allclose(got, encode(model, omost.escape_webui_prompt(chunks[i][1]))[0])
+                else:
+                    assert torch.equal(got, want)
+            rows += 1
+    assert rows == 2                                       # 2 steps, one cond row each
+
+
+def test_diffusers_style_te_keys(flavour):
+    """The diffusers names the key map has ("text_encoder.text_model....", lora_A / lora_B) work too."""
+    model = harness.make_sd_model("sd15", seed=7, cached=False)
+    clip = model.forge_objects.clip
+    clip.cond_stage_model.double()
+    kohya = write_te_lora("kohya_te", clip, LAYERS["sd15"], seed=5)
+    diffusers = {}
+    for _, _, path in LAYERS["sd15"]:
+        key = "lora_te_" + path.replace(".", "_")
+        diffusers[f"text_encoder.{path}.lora_A.weight"] = kohya[key + ".lora_down.weight"]
+        diffusers[f"text_encoder.{path}.lora_B.weight"] = kohya[key + ".lora_up.weight"]
+        diffusers[f"text_encoder.{path}.alpha"] = kohya[key + ".alpha"]
+    safetensors.torch.save_file(diffusers, os.path.join(harness_lora_dir(), "diffusers_te.safetensors"))
+    _, by_kohya, *_ = encode_with_extension(model, canvas_json("a dog <lora:kohya_te:0.6>"))
+    _, by_diffusers, _, _, notes, _, _ = encode_with_extension(model, canvas_json("a dog <lora:diffusers_te:0.6>"))
+    _, plain, *_ = encode_with_extension(model, canvas_json("a dog"))
+    assert notes == [] and torch.equal(by_diffusers, by_kohya) and not torch.equal(by_kohya, plain)
