@@ -19,10 +19,10 @@ from lib_omost.unet.lora import low_rank, merged_delta
 from tests.standin import harness
 from tests.test_region_lora_webui import ROOT, Capture, K2, canvas_json, flavour, run  # noqa: F401 (a fixture)
 
-Q0 = "text_model.encoder.layers.0.self_attn.q_proj"          # under <clip_l / clip_g>.transformer
-FC1 = "text_model.encoder.layers.0.mlp.fc1"
-LAYERS = {"sd15": [("lora_te_", "clip_l", Q0), ("lora_te_", "clip_l", FC1)],
-          "sdxl": [("lora_te1_", "clip_l", Q0), ("lora_te2_", "clip_g", Q0), ("lora_te2_", "clip_g", FC1)]}
+V0 = "text_model.encoder.layers.0.self_attn.v_proj"          # under <clip_l / clip_g>.transformer
+V1 = "text_model.encoder.layers.1.self_attn.v_proj"          # SDXL: clip skip 2, only the pooled vector
+LAYERS = {"sd15": [("lora_te_", "clip_l", V0), ("lora_te_", "clip_l", V1)],
+          "sdxl": [("lora_te1_", "clip_l", V0), ("lora_te2_", "clip_g", V0), ("lora_te2_", "clip_g", V1)]}
 
 
 def te_module(clip, encoder, path):
@@ -200,8 +200,9 @@ def test_cache_keeps_plain_and_lora_encodes_apart_and_follows_weight_and_file(fl
 def test_layers_that_are_not_plain_low_rank_are_a_note_naming_the_text_encoder(flavour):
     model = harness.make_sd_model("sd15", seed=7, cached=False)
     clip = model.forge_objects.clip
-    key = "lora_te_" + FC1.replace(".", "_")
-    write_te_lora("dora_te", clip, LAYERS["sd15"], seed=1, extra={key + ".dora_scale": torch.ones(24, 1)})
+    key = "lora_te_" + V1.replace(".", "_")
+    rows = te_module(clip, "clip_l", V1).weight.shape[0]
+    write_te_lora("dora_te", clip, LAYERS["sd15"], seed=1, extra={key + ".dora_scale": torch.ones(rows, 1)})
     *_, notes, _, _ = encode_with_extension(model, canvas_json("a dog <lora:dora_te:1>"))
     assert notes == ["region LoRA 'dora_te': 1 of its text-encoder layers are not plain low-rank Linear layers "
                      "and were left out"]
@@ -290,3 +291,17 @@ def test_diffusers_style_te_keys(flavour):
     _, by_diffusers, _, _, notes, _, _ = encode_with_extension(model, canvas_json("a dog <lora:diffusers_te:0.6>"))
     _, plain, *_ = encode_with_extension(model, canvas_json("a dog"))
     assert notes == [] and torch.equal(by_diffusers, by_kohya) and not torch.equal(by_kohya, plain)
+
+
+def test_hires_pass_with_a_te_lora_leaves_the_text_encoder_as_it_was(flavour):
+    from modules import shared
+    ui = harness.start_webui([ROOT])
+    clip = shared.sd_model.forge_objects_original.clip
+    write_te_lora("dog_te", clip, LAYERS["sd15"], seed=6)
+    before = te_snapshot(clip)
+    plain = ui.txt2img(prompt="a cat", cfg_scale=5, steps=2).latents
+    result = run(ui, canvas_json("a dog <lora:dog_te:1>"), enable_hr=True, hr_scale=1.5)
+    assert harness.reported_errors() == [] and "Omost note" not in result.infotexts[0]
+    assert "<lora:dog_te:1>" in result.infotexts[0]          # the canvas in the infotext keeps the tag
+    assert same_te(clip, before)
+    assert torch.equal(ui.txt2img(prompt="a cat", cfg_scale=5, steps=2).latents, plain)

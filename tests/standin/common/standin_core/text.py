@@ -101,52 +101,34 @@ class ToyTokenizer:
 
 
 class ToyAttention(nn.Module):
-    """One-head causal self-attention with CLIPAttention's projection names (q_proj, k_proj, v_proj, out_proj)."""
+    """Uniform causal attention (each token the mean of the tokens up to it) and CLIPAttention's value
+    projection ``v_proj``, the Linear a text-encoder LoRA's self_attn_v_proj key targets."""
 
-    def __init__(self, width, generator):
+    def __init__(self, value):
         super().__init__()
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (_seeded_linear(width, width, generator)
-                                                                for _ in range(4))
+        self.v_proj = nn.Linear(*value.shape, bias=False)
+        # the Linear computes x @ weight.T; a transposed view keeps x @ value's exact float32 rounding
+        self.v_proj.weight = nn.Parameter(value.t(), requires_grad=False)
 
     def forward(self, h):
-        scores = self.q_proj(h) @ self.k_proj(h).transpose(1, 2) / h.shape[-1] ** 0.5
-        future = torch.ones(h.shape[1], h.shape[1], dtype=torch.bool).triu(1)
-        return self.out_proj(scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ self.v_proj(h))
-
-
-class ToyMLP(nn.Module):
-    def __init__(self, width, generator):
-        super().__init__()
-        self.fc1, self.fc2 = _seeded_linear(width, 2 * width, generator), _seeded_linear(2 * width, width, generator)
-
-    def forward(self, h):
-        return self.fc2(torch.tanh(self.fc1(h)))
+        steps = torch.arange(1, h.shape[1] + 1, dtype=h.dtype)[None, :, None]
+        return self.v_proj(h.cumsum(dim=1) / steps)
 
 
 class ToyEncoderLayer(nn.Module):
-    """CLIPEncoderLayer's residual layout (attention, then MLP) and sub-module names, without layer norms."""
+    """A CLIPEncoderLayer's residual step and sub-module path (self_attn.v_proj), with a bounded update."""
 
-    def __init__(self, width, generator):
+    def __init__(self, value):
         super().__init__()
-        self.self_attn, self.mlp = ToyAttention(width, generator), ToyMLP(width, generator)
+        self.self_attn = ToyAttention(value)
 
     def forward(self, h):
-        h = h + self.self_attn(h)
-        return h + self.mlp(h)
-
-
-def _seeded_linear(width_in, width_out, generator):
-    layer = nn.Linear(width_in, width_out)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(width_out, width_in, generator=generator) / width_in ** 0.5)
-        layer.bias.copy_(0.1 * torch.randn(width_out, generator=generator))
-    return layer
+        return h + torch.tanh(self.self_attn(h))
 
 
 class ToyTextEncoder(nn.Module):
-    """Embeddings + two encoder layers at transformers' CLIPTextModel paths (text_model.encoder.layers.N with
-    self_attn.{q,k,v,out}_proj and mlp.fc1 / fc2, the Linear layers a text-encoder LoRA targets);
-    hidden_states like transformers' output_hidden_states."""
+    """Embeddings + two causal mixing layers at transformers' CLIPTextModel paths
+    (text_model.encoder.layers.N.self_attn.v_proj); hidden_states like transformers' output_hidden_states."""
 
     def __init__(self, vocab_size, width, seed, projection_dim=None):
         super().__init__()
@@ -155,7 +137,8 @@ class ToyTextEncoder(nn.Module):
         self.position_embedding = nn.Parameter(torch.randn(CHUNK_LENGTH + 2, width, generator=generator) * 0.1)
         self.text_model = nn.Module()
         self.text_model.encoder = nn.Module()
-        self.text_model.encoder.layers = nn.ModuleList([ToyEncoderLayer(width, generator) for _ in range(2)])
+        self.text_model.encoder.layers = nn.ModuleList([
+            ToyEncoderLayer(torch.randn(width, width, generator=generator) / width ** 0.5) for _ in range(2)])
         self.final_layer_norm = nn.LayerNorm(width)
         with torch.no_grad():   # a non-zero mean, as real CLIP states have (emphasis rescales by the mean)
             self.final_layer_norm.weight.copy_(1.0 + 0.1 * torch.randn(width, generator=generator))
