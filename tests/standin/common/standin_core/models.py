@@ -54,7 +54,7 @@ class ToyClipPart(torch.nn.Module):
 class ToyCLIP:
     """forge_objects.clip: .tokenizer.<name> and .cond_stage_model.<name> per text encoder; cond_stage_model
     is a module (Forge main JointTextEncoder, a ModuleDict), so its state dict has the real weight keys
-    ("clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight")."""
+    ("clip_l.transformer.text_model.encoder.layers.0.self_attn.v_proj.weight")."""
 
     def __init__(self, parts):
         self.tokenizer = type("Tokenizers", (), {})()
