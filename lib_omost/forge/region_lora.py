@@ -317,6 +317,9 @@ def text_encoder_loras(clip, per_region: list[list[RegionLora]], report) -> list
     for name, count in loaded.skipped.items():
         report(f"region LoRA {name!r}: {count} of its text-encoder layers are not plain low-rank Linear layers "
                "and were left out")
+    if loaded.updates:
+        log.info("Omost: region LoRAs' text-encoder parts on %d layers (%s)", len(loaded.updates),
+                 ", ".join(loaded.files))
     by_region: list[TextEncoderLoras | None] = []
     for region in range(len(per_region)):
         updates = {path: [lr for r, lr in items if r == region] for path, items in loaded.updates.items()}
