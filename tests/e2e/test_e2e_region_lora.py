@@ -119,3 +119,45 @@ def test_prompt_box_lora_still_acts_on_the_whole_image(lora_file, log_mark):
     new_log = log_mark()
     assert "region LoRAs" not in new_log          # the prompt box's LoRA is the WebUI's, not ours
     assert_no_extension_error(new_log)
+
+
+TE_NAME = "omost_e2e_region_te"
+# SD1.5 clip_l layers (kohya lora_te_ names, mapped by the WebUI to clip_l.transformer.text_model...)
+TE_LAYERS = {
+    "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+    "lora_te_text_model_encoder_layers_5_self_attn_v_proj": (768, 768),
+    "lora_te_text_model_encoder_layers_11_mlp_fc1": (3072, 768),
+}
+
+
+@pytest.fixture(scope="module")
+def te_lora_file():
+    import safetensors.torch
+    g = torch.Generator().manual_seed(1)
+    state = {}
+    for key, (out, inp) in TE_LAYERS.items():
+        state[key + ".lora_down.weight"] = (torch.randn(4, inp, generator=g) * 0.2).half()
+        state[key + ".lora_up.weight"] = (torch.randn(out, 4, generator=g) * 0.2).half()
+        state[key + ".alpha"] = torch.tensor(4.0)
+    path = os.path.join(LORA_DIR, TE_NAME + ".safetensors")
+    safetensors.torch.save_file(state, path)
+    yield path
+    os.remove(path)
+
+
+@pytest.mark.parametrize("method", ["Prediction blending", "Attention couple"])
+def test_region_te_lora_changes_the_image_and_leaves_the_text_encoder_unchanged(te_lora_file, method, log_mark):
+    plain_before, _ = generate()
+    args = lambda canvas: {TITLES["omost"]: {"args": [True, canvas, method]}}     # noqa: E731
+    without, _ = generate(alwayson_scripts=args(canvas_with("")))
+    te_only, infotext = generate(alwayson_scripts=args(canvas_with(f" <lora:{TE_NAME}:1:0>")))
+    assert changed(te_only, without) > MIN_CHANGE
+    assert "Omost note" not in infotext
+    zero, _ = generate(alwayson_scripts=args(canvas_with(f" <lora:{TE_NAME}:0:0>")))
+    assert np.array_equal(zero, without)                                   # weight 0: no LoRA
+    plain_after, _ = generate()
+    assert np.array_equal(plain_after, plain_before)                      # nothing stayed on the text encoder
+    new_log = log_mark()
+    assert "text-encoder parts on 3 layers" in new_log, new_log[-3000:]
+    assert "region LoRAs on" not in new_log                              # te only: no UNet part installed
+    assert_no_extension_error(new_log)
