@@ -40,16 +40,18 @@ def token_counter(sd_model):
         return lambda text: math.ceil(count_words(text) * 1.3)
 
 
-def encode_chunk(p, text: str, negative: bool = False):
+def encode_chunk(p, text: str, negative: bool = False, te_loras=None):
     """(crossattn [tokens, C], pooled vector [D] or None) of one chunk text (a negative prompt: encoded as
-    the WebUI encodes its negative prompt box), cached per CLIP and size."""
+    the WebUI encodes its negative prompt box), cached per CLIP, size and ``te_loras`` (a region's
+    region_lora.TextEncoderLoras, added un-merged to the text encoder for this encode only)."""
     from modules.prompt_parser import SdConditioning
     clip = p.sd_model.forge_objects.clip
     cache = _encodings.setdefault(clip, {})
-    key = (text, int(p.width), int(p.height), negative)
+    key = (text, int(p.width), int(p.height), negative, te_loras.key if te_loras is not None else ())
     if key not in cache:
-        cond = p.sd_model.get_learned_conditioning(SdConditioning([text], is_negative_prompt=negative,
-                                                                  width=p.width, height=p.height))
+        with region_lora.on_text_encoder(clip, te_loras):
+            cond = p.sd_model.get_learned_conditioning(SdConditioning([text], is_negative_prompt=negative,
+                                                                      width=p.width, height=p.height))
         if isinstance(cond, dict):
             cache[key] = (cond["crossattn"][0].detach(), cond["vector"][0].detach())
         else:
@@ -68,9 +70,13 @@ def canvas_chunks(p, canvas, prompt_box_mode: str) -> list[tuple[int, str]]:
     return chunks
 
 
-def encode_canvas(p, chunks: list[tuple[int, str]]):
-    """(context [L, C], token -> region [L], pooled vector or None, chunk count) of a canvas's chunks."""
-    encoded = [encode_chunk(p, omost.escape_webui_prompt(text)) for _, text in chunks]
+def encode_canvas(p, chunks: list[tuple[int, str]], loras=(), report=log.warning):
+    """(context [L, C], token -> region [L], pooled vector or None, chunk count) of a canvas's chunks.
+    ``loras``: the LoRAs per region in mask order (the chunks' region indices); a region's text-encoder
+    LoRAs act on its own chunks only; ``report`` gets their problems."""
+    te = region_lora.text_encoder_loras(p.sd_model.forge_objects.clip, loras, report) if any(loras) else []
+    encoded = [encode_chunk(p, omost.escape_webui_prompt(text), te_loras=te[region] if te else None)
+               for region, text in chunks]
     context = torch.cat([cross for cross, _ in encoded])
     regions = omost.token_regions([(region, cross.shape[0]) for (region, _), (cross, _) in zip(chunks, encoded)])
     return context, regions, encoded[0][1], len(chunks)
@@ -207,7 +213,8 @@ def contribute_omost(p, values, info, sampling) -> Contribution:
     for problem in problems:
         report_problem(p, feature, problem)
     offload_chat_model()
-    context, regions, vector, chunks = encode_canvas(p, chunk_texts)
+    context, regions, vector, chunks = encode_canvas(p, chunk_texts, loras,
+                                                     lambda message: report_problem(p, feature, message))
     negatives = canvas_negatives(p, canvas)
     hires = getattr(p, "is_hr_pass", False)
     hires_plain = hires and not values["hires_regions"]

@@ -8,10 +8,14 @@ for sampling and puts the layers' own forwards back when it loads another clone 
 is ever changed and the state dict is the same throughout. Which rows / pixels / tokens a region owns in the
 current UNet call is set by our model_function_wrapper into a per-generation ``CallState`` (never global).
 Nothing is installed when no region names a LoRA.
+
+The text-encoder part (``text_encoder_loras``, ``on_text_encoder``) acts while the region's own chunks are
+encoded, and only then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -97,16 +101,27 @@ def _read_file(filename: str, mtime: float) -> dict:
     return load_torch_file(filename, safe_load=True)
 
 
-def unet_patches(unet, filename: str) -> dict:
-    """{UNet weight key: the WebUI's patch} of one file, through the WebUI's own key map and loader."""
+def _file_patches(filename: str, key_map) -> dict:
+    """{model weight key: the WebUI's patch} of one file; ``key_map(lora_module)`` is the WebUI's key map
+    (its model_lora_keys_unet / _clip of the model in question)."""
     state = _read_file(filename, os.path.getmtime(filename))
     if flavour() == FORGE:
-        from backend.patcher.lora import load_lora, model_lora_keys_unet
-        patches, _ = load_lora(state, model_lora_keys_unet(unet.model, {}))
+        from backend.patcher import lora
+        patches, _ = lora.load_lora(state, key_map(lora))
         return patches
     from ldm_patched.modules import lora, lora_convert
-    return lora.load_lora(lora_convert.convert_lora(state), lora.model_lora_keys_unet(unet.model, {}),
-                          log_missing=False)
+    return lora.load_lora(lora_convert.convert_lora(state), key_map(lora), log_missing=False)
+
+
+def unet_patches(unet, filename: str) -> dict:
+    """{UNet weight key: the WebUI's patch} of one file, through the WebUI's own key map and loader."""
+    return _file_patches(filename, lambda lora: lora.model_lora_keys_unet(unet.model, {}))
+
+
+def te_patches(clip, filename: str) -> dict:
+    """{text-encoder weight key under ``clip.cond_stage_model``: the WebUI's patch} of one file, through the
+    WebUI's own CLIP key map (kohya lora_te_ / lora_te1_ / lora_te2_, diffusers text_encoder(_2).) and loader."""
+    return _file_patches(filename, lambda lora: lora.model_lora_keys_clip(clip.cond_stage_model, {}))
 
 
 def lora_factors(patch) -> tuple | None:
@@ -227,29 +242,125 @@ class Loaded:
     missing: list                      # names not found
     skipped: dict                      # name -> count of layers of a kind not applied un-merged
     files: dict                        # name -> filename
+    sources: dict = field(default_factory=dict)     # region -> [(name, file, mtime, weight)] that gave updates
 
 
-def load_region_loras(unet, per_region: list[list[RegionLora]]) -> Loaded:
-    """Every region's LoRAs as low-rank factors per layer path (UNet weight only; te weights elsewhere)."""
+def _load(per_region: list[list[RegionLora]], part: str, patches_of, usable=lambda path: True) -> Loaded:
+    """Every region's LoRAs as low-rank factors per layer path, at each LoRA's ``part`` weight ("unet" or
+    "te"; 0 = left out); ``patches_of(filename)`` reads a file's patches for that part; a layer that is not
+    ``usable`` (path) counts as skipped."""
     loaded = Loaded({}, [], {}, {})
     for region, loras in enumerate(per_region):
         for lora in loras:
-            if lora.unet == 0:
+            weight = getattr(lora, part)
+            if weight == 0:
                 continue
             filename = loaded.files.get(lora.name) or find_lora_file(lora.name)
             if filename is None:
                 loaded.missing.append(lora.name)
                 continue
             loaded.files[lora.name] = filename
-            for key, patch in unet_patches(unet, filename).items():
+            used = False
+            for key, patch in patches_of(filename).items():
                 factors = lora_factors(patch)
-                if factors is None or not key.endswith(".weight"):
+                path = key[:-len(".weight")]
+                if factors is None or not key.endswith(".weight") or not usable(path):
                     loaded.skipped[lora.name] = loaded.skipped.get(lora.name, 0) + 1
                     continue
                 up, down, alpha, mid = factors
-                lr: LowRank = low_rank(up, down, alpha, mid, lora.unet)
-                loaded.updates.setdefault(key[:-len(".weight")], []).append((region, lr))
+                lr: LowRank = low_rank(up, down, alpha, mid, weight)
+                loaded.updates.setdefault(path, []).append((region, lr))
+                used = True
+            if used:
+                source = (lora.name, filename, os.path.getmtime(filename), weight)
+                loaded.sources.setdefault(region, []).append(source)
     return loaded
+
+
+def load_region_loras(unet, per_region: list[list[RegionLora]]) -> Loaded:
+    """Every region's LoRAs as low-rank factors per UNet layer path, at their UNet weight."""
+    return _load(per_region, "unet", lambda filename: unet_patches(unet, filename))
+
+
+def not_found_message(name: str) -> str:
+    return (f"region LoRA {name!r} was not found (searched {', '.join(lora_folders()) or 'no LoRA folder'}); "
+            "the image is made without it")
+
+
+# ---- text encoder: the region's own prompt only --------------------------------------------------------
+
+@dataclass(frozen=True)
+class TextEncoderLoras:
+    """One region's LoRAs on the text encoder: factors per layer path under ``clip.cond_stage_model``, and
+    what they are ((name, file, mtime, te weight) each) for the encode cache."""
+    key: tuple
+    updates: dict                      # layer path -> [LowRank]
+
+
+def text_encoder_loras(clip, per_region: list[list[RegionLora]], report) -> list[TextEncoderLoras | None]:
+    """Per region (mask order) its LoRAs' text-encoder parts at their te weight, None where it has none
+    (a LoRA file without text-encoder layers, te weight 0). ``report(message)`` gets the problems: a name
+    not found (only when no region gives it a UNet weight: the UNet part reports those, so a name is one
+    note), layers that are not plain low-rank or not a Linear layer."""
+    def linear(path):
+        try:
+            return is_linear(_get(clip.cond_stage_model, path))
+        except AttributeError:
+            return False
+    loaded = _load(per_region, "te", lambda filename: te_patches(clip, filename), usable=linear)
+    in_unet = {lora.name for loras in per_region for lora in loras if lora.unet != 0}
+    for name in dict.fromkeys(loaded.missing):
+        if name not in in_unet:
+            report(not_found_message(name))
+    for name, count in loaded.skipped.items():
+        report(f"region LoRA {name!r}: {count} of its text-encoder layers are not plain low-rank Linear layers "
+               "and were left out")
+    if loaded.updates:
+        log.info("Omost: region LoRAs' text-encoder parts on %d layers (%s)", len(loaded.updates),
+                 ", ".join(loaded.files))
+    by_region: list[TextEncoderLoras | None] = []
+    for region in range(len(per_region)):
+        updates = {path: [lr for r, lr in items if r == region] for path, items in loaded.updates.items()}
+        updates = {path: lrs for path, lrs in updates.items() if lrs}
+        by_region.append(TextEncoderLoras(tuple(loaded.sources[region]), updates) if updates else None)
+    return by_region
+
+
+_UNSET = object()
+
+
+def _all_rows(region, kind, x, out):
+    return [(region, Gate(rows=torch.arange(x.shape[0], device=x.device)))]
+
+
+def is_linear(layer) -> bool:
+    """A Linear layer of either fork: reForge's subclass ``torch.nn.Linear``, Forge main's text-encoder
+    ``ForgeOperations.Linear`` is a plain module with a 2-D ``weight``."""
+    weight = getattr(layer, "weight", None)
+    return not isinstance(layer, torch.nn.Conv2d) and isinstance(weight, torch.Tensor) and weight.dim() == 2
+
+
+@contextlib.contextmanager
+def on_text_encoder(clip, loras: TextEncoderLoras | None):
+    """For the duration of one encode, each targeted text-encoder layer's output plus its LoRAs' low-rank
+    updates (un-merged, every token). Set as a forward on the layer object and taken off in ``finally``,
+    rather than object patches on a CLIP clone swapped in: both forks encode with the modules of
+    ``forge_objects.clip.cond_stage_model`` directly, and a clone would make their memory managers load and
+    unload a second patcher of the same modules; this way the loaded TE, its patcher and its weights stay
+    as they are, and only this encode sees the update."""
+    saved = []
+    try:
+        for path, updates in (loras.updates.items() if loras is not None else ()):
+            layer = _get(clip.cond_stage_model, path)
+            saved.append((layer, layer.__dict__.get("forward", _UNSET)))
+            layer.forward = gated_forward(layer, layer.forward, TOKENS, [(0, lr) for lr in updates], _all_rows)
+        yield
+    finally:
+        for layer, previous in reversed(saved):
+            if previous is _UNSET:
+                del layer.forward
+            else:
+                layer.forward = previous
 
 
 def _get(obj, path: str):
@@ -266,8 +377,7 @@ def parts(unet, per_region: list[list[RegionLora]], canvas, token_regions, blend
         return Parts()
     loaded = load_region_loras(unet, per_region)
     for name in dict.fromkeys(loaded.missing):
-        report(f"region LoRA {name!r} was not found (searched {', '.join(lora_folders()) or 'no LoRA folder'}); "
-               "the image is made without it")
+        report(not_found_message(name))
     for name, count in loaded.skipped.items():
         report(f"region LoRA {name!r}: {count} of its layers are not plain low-rank (LoHa, LoKr, DoRA or full "
                "weights) and were left out")

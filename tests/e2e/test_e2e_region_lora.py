@@ -157,6 +157,11 @@ def test_region_text_encoder_lora_changes_only_through_the_regions_prompt(te_lor
     pasted = png_info(infotext)["Omost Canvas"]
     again, _ = generate(alwayson_scripts=args(pasted))
     assert np.array_equal(again, te_only)
+    zero, _ = generate(alwayson_scripts=args(canvas_with(f" <lora:{TE_NAME}:0:0>")))
+    assert np.array_equal(zero, without)                                   # weight 0: no LoRA
     plain_after, _ = generate()
     assert np.array_equal(plain_after, plain_before)      # the text encoder is unchanged afterwards
-    assert_no_extension_error(log_mark())
+    new_log = log_mark()
+    assert "text-encoder parts on 3 layers" in new_log, new_log[-3000:]
+    assert "region LoRAs on" not in new_log                              # te only: no UNet part installed
+    assert_no_extension_error(new_log)

@@ -42,22 +42,25 @@ def build_unet(unet_class, family, seed):
     return model.eval().requires_grad_(False)
 
 
-class ToyClipPart:
-    """What CLIP(...).tokenizer.clip_l / cond_stage_model.clip_l hold: a tokenizer and a transformer."""
+class ToyClipPart(torch.nn.Module):
+    """What cond_stage_model.clip_l (Forge main IntegratedCLIP, reForge SDClipModel) is: a module whose
+    ``transformer`` is the text model; CLIP(...).tokenizer.clip_l holds the tokenizer."""
 
     def __init__(self, tokenizer, transformer):
+        super().__init__()
         self.tokenizer, self.transformer = tokenizer, transformer
 
 
 class ToyCLIP:
-    """forge_objects.clip: .tokenizer.<name> and .cond_stage_model.<name> per text encoder."""
+    """forge_objects.clip: .tokenizer.<name> and .cond_stage_model.<name> per text encoder; cond_stage_model
+    is a module (Forge main JointTextEncoder, a ModuleDict), so its state dict has the real weight keys
+    ("clip_l.transformer.text_model.encoder.layers.0.self_attn.v_proj.weight")."""
 
     def __init__(self, parts):
         self.tokenizer = type("Tokenizers", (), {})()
-        self.cond_stage_model = type("TextEncoders", (), {})()
+        self.cond_stage_model = torch.nn.ModuleDict(parts)
         for name, part in parts.items():
             setattr(self.tokenizer, name, part.tokenizer)
-            setattr(self.cond_stage_model, name, part.transformer)
         self.patcher = None
 
 

@@ -10,7 +10,8 @@
 # same chunk count; output [B, 77*k, width] (hstack of chunks); Original emphasis (multiply, restore mean);
 # pooled output from the first chunk; tokens after the first EOS set to the pad id when pad != EOS.
 # The tokenizer is word-level (lower-cased words and single punctuation marks, ids from crc32) and the
-# encoder a tiny seeded network, so prompts map to stable, distinct embeddings without any download.
+# encoder a tiny seeded network with transformers' CLIPTextModel layer names (what text-encoder LoRA keys
+# name), so prompts map to stable, distinct embeddings without any download.
 import re
 import zlib
 
@@ -99,16 +100,58 @@ class ToyTokenizer:
         return {",</w>": self.token_id(",")}
 
 
+class ModuleLinear(nn.Module):
+    """A Linear layer that is not a ``torch.nn.Linear``: Forge main's text encoder is built with its
+    ``ForgeOperations.Linear``, a plain ``nn.Module`` holding ``weight`` / ``bias`` (reForge's is a subclass of
+    ``nn.Linear``); code that looks for Linear layers must accept both."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+class ToyAttention(nn.Module):
+    """Uniform causal attention (each token the mean of the tokens up to it) and CLIPAttention's value
+    projection ``v_proj``, the Linear a text-encoder LoRA's self_attn_v_proj key targets."""
+
+    def __init__(self, value):
+        super().__init__()
+        # the Linear computes x @ weight.T; a transposed view keeps x @ value's exact float32 rounding
+        self.v_proj = ModuleLinear(value.t())
+
+    def forward(self, h):
+        steps = torch.arange(1, h.shape[1] + 1, dtype=h.dtype)[None, :, None]
+        return self.v_proj(h.cumsum(dim=1) / steps)
+
+
+class ToyEncoderLayer(nn.Module):
+    """A CLIPEncoderLayer's residual step and sub-module path (self_attn.v_proj), with a bounded update."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.self_attn = ToyAttention(value)
+
+    def forward(self, h):
+        return h + torch.tanh(self.self_attn(h))
+
+
 class ToyTextEncoder(nn.Module):
-    """Embeddings + two causal mixing layers; hidden_states like transformers' output_hidden_states."""
+    """Embeddings + two causal mixing layers at transformers' CLIPTextModel paths
+    (text_model.encoder.layers.N.self_attn.v_proj); hidden_states like transformers' output_hidden_states."""
 
     def __init__(self, vocab_size, width, seed, projection_dim=None):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.token_embedding = nn.Parameter(torch.randn(vocab_size, width, generator=generator) * 0.5)
         self.position_embedding = nn.Parameter(torch.randn(CHUNK_LENGTH + 2, width, generator=generator) * 0.1)
-        self.mix = nn.ParameterList([nn.Parameter(torch.randn(width, width, generator=generator) / width ** 0.5)
-                                     for _ in range(2)])
+        self.text_model = nn.Module()
+        self.text_model.encoder = nn.Module()
+        self.text_model.encoder.layers = nn.ModuleList([
+            ToyEncoderLayer(torch.randn(width, width, generator=generator) / width ** 0.5) for _ in range(2)])
         self.final_layer_norm = nn.LayerNorm(width)
         with torch.no_grad():   # a non-zero mean, as real CLIP states have (emphasis rescales by the mean)
             self.final_layer_norm.weight.copy_(1.0 + 0.1 * torch.randn(width, generator=generator))
@@ -120,9 +163,8 @@ class ToyTextEncoder(nn.Module):
     def forward(self, tokens):
         h = self.token_embedding[tokens] + self.position_embedding[: tokens.shape[1]]
         hidden_states = [h]
-        steps = torch.arange(1, tokens.shape[1] + 1, dtype=h.dtype)[None, :, None]
-        for weight in self.mix:
-            h = h + torch.tanh((h.cumsum(dim=1) / steps) @ weight)
+        for layer in self.text_model.encoder.layers:
+            h = layer(h)
             hidden_states.append(h)
         first_eos = (tokens == self.eos_token_id).int().argmax(dim=1)
         pooled = self.final_layer_norm(h)[torch.arange(h.shape[0]), first_eos]
