@@ -63,7 +63,7 @@ def lora_file():
 def te_lora_file():
     # small factors: with the random checkpoint (LayerNorms weight 1, bias 0) the encoded prompt's mean is
     # rounding noise, and the WebUI's "Original" emphasis divides by it; at factors x 0.1 it came out exactly
-    # 0.0 in real Forge (0 / 0: a NaN prompt, a black image, from the WebUI's merged LoRA path as much as ours)
+    # 0.0 for the region's prompt in real Forge (0 / 0: a NaN prompt, a black image); x 0.05 did not
     path = write_lora(TE_NAME, TE_LAYERS, scale=0.05)
     yield path
     os.remove(path)
