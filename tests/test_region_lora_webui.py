@@ -274,3 +274,20 @@ def test_blending_with_batch_2_cfg_1_and_split_calls(flavour):
                     assert close(out[row], m[row])
                     n += 1
         assert n == 2 * kw.get("batch_size", 1), (kw, n)
+
+
+@pytest.mark.parametrize("has_update", [True, False])
+def test_a_file_added_after_the_registry_was_listed_is_found_with_or_without_update_by_names(
+        flavour, monkeypatch, has_update):
+    """Forge Classic's `networks` has no update_available_networks_by_names: the full listing finds it."""
+    import networks
+    from lib_omost.forge.region_lora import find_lora_file
+    from modules import shared
+    networks.list_available_networks()
+    if not has_update:
+        monkeypatch.delattr(networks, "update_available_networks_by_names")
+    path = os.path.join(shared.cmd_opts.lora_dir, "late_style.safetensors")
+    safetensors.torch.save_file({"x": torch.zeros(1)}, path)
+    assert "late_style" not in networks.available_network_aliases
+    assert find_lora_file("late_style") == path
+    assert find_lora_file("no_such_style") is None

@@ -73,8 +73,9 @@ def find_lora_file(name: str) -> str | None:
         return entry.filename if entry is not None else None
 
     found = lookup()
-    if found is None:
-        networks.update_available_networks_by_names([name])
+    update = getattr(networks, "update_available_networks_by_names", None)    # not in Forge Classic
+    if found is None and update is not None:
+        update([name])
         found = lookup()
     if found is None:
         networks.list_available_networks()
