@@ -291,3 +291,41 @@ def test_a_file_added_after_the_registry_was_listed_is_found_with_or_without_upd
     assert "late_style" not in networks.available_network_aliases
     assert find_lora_file("late_style") == path
     assert find_lora_file("no_such_style") is None
+
+
+def test_lora_factors_of_every_fork_form():
+    from lib_omost.forge.region_lora import lora_factors
+    up, down = torch.ones(4, 2), torch.ones(2, 4)
+
+    class Adapter:                      # reForge: a LoRAAdapter with .weights
+        name, weights = "lora", (up, down, 1.0, None, None, None)
+    assert lora_factors(("lora", (up, down, 1.0, None, None))) == (up, down, 1.0, None)     # Forge main
+    assert lora_factors(Adapter()) == (up, down, 1.0, None)
+    assert lora_factors(("lora", (up, down, 1.0, None))) == (up, down, 1.0, None)           # Forge Classic
+    assert lora_factors(("lora", (up, down, 1.0, None, torch.ones(4)))) is None             # DoRA
+    assert lora_factors(("diff", (torch.ones(4, 4),))) is None
+
+
+def test_reforge_loader_without_lora_convert_reads_kohya_keys_as_they_are(flavour, monkeypatch):
+    """Forge Classic's ldm_patched has no lora_convert and its load_lora has no log_missing."""
+    if flavour != "reforge":
+        pytest.skip("the ldm_patched loader is reForge's (and Classic's)")
+    import sys
+    from ldm_patched.modules import lora
+    from lib_omost.forge import region_lora
+    harness.start_webui([ROOT])
+    model = shared_model().forge_objects_original.unet
+    state = write_lora("classic_style", model.model.diffusion_model, [Q], seed=3)
+    from modules import shared
+    filename = os.path.join(shared.cmd_opts.lora_dir, "classic_style.safetensors")
+    expected = region_lora.unet_patches(model, filename)
+    import ldm_patched.modules
+    monkeypatch.setitem(sys.modules, "ldm_patched.modules.lora_convert", None)      # import fails
+    monkeypatch.delattr(ldm_patched.modules, "lora_convert", raising=False)
+    original = lora.load_lora
+    monkeypatch.setattr(lora, "load_lora", lambda sd, to_load: original(sd, to_load))
+    got = region_lora.unet_patches(model, filename)
+    assert got.keys() == expected.keys() and len(got) == 1
+    assert all(torch.equal(a, b) for a, b in zip(region_lora.lora_factors(next(iter(got.values())))[:2],
+                                                 region_lora.lora_factors(next(iter(expected.values())))[:2]))
+    assert state

@@ -110,7 +110,11 @@ def _file_patches(filename: str, key_map) -> dict:
         from backend.patcher import lora
         patches, _ = lora.load_lora(state, key_map(lora))
         return patches
-    from ldm_patched.modules import lora, lora_convert
+    from ldm_patched.modules import lora
+    try:
+        from ldm_patched.modules import lora_convert
+    except ImportError:         # Forge Classic: no converter (kohya keys are read as they are), no log_missing
+        return lora.load_lora(state, key_map(lora))
     return lora.load_lora(lora_convert.convert_lora(state), key_map(lora), log_missing=False)
 
 
@@ -134,7 +138,8 @@ def lora_factors(patch) -> tuple | None:
         weights = patch.weights
     else:
         return None
-    up, down, alpha, mid, dora_scale = weights[:5]
+    up, down, alpha, mid = weights[:4]
+    dora_scale = weights[4] if len(weights) > 4 else None      # Forge Classic's tuples have no DoRA entry
     return None if dora_scale is not None else (up, down, alpha, mid)
 
 
