@@ -307,7 +307,8 @@ def test_lora_factors_of_every_fork_form():
 
 
 def test_reforge_loader_without_lora_convert_reads_kohya_keys_as_they_are(flavour, monkeypatch):
-    """Forge Classic's ldm_patched has no lora_convert and its load_lora has no log_missing."""
+    """Forge Classic's ldm_patched has no lora_convert; its load_lora has no log_missing and returns (patches,
+    unused keys)."""
     if flavour != "reforge":
         pytest.skip("the ldm_patched loader is reForge's (and Classic's)")
     import sys
@@ -323,7 +324,7 @@ def test_reforge_loader_without_lora_convert_reads_kohya_keys_as_they_are(flavou
     monkeypatch.setitem(sys.modules, "ldm_patched.modules.lora_convert", None)      # import fails
     monkeypatch.delattr(ldm_patched.modules, "lora_convert", raising=False)
     original = lora.load_lora
-    monkeypatch.setattr(lora, "load_lora", lambda sd, to_load: original(sd, to_load))
+    monkeypatch.setattr(lora, "load_lora", lambda sd, to_load: (original(sd, to_load), {}))     # Classic's form
     got = region_lora.unet_patches(model, filename)
     assert got.keys() == expected.keys() and len(got) == 1
     assert all(torch.equal(a, b) for a, b in zip(region_lora.lora_factors(next(iter(got.values())))[:2],

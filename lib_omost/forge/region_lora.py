@@ -113,8 +113,9 @@ def _file_patches(filename: str, key_map) -> dict:
     from ldm_patched.modules import lora
     try:
         from ldm_patched.modules import lora_convert
-    except ImportError:         # Forge Classic: no converter (kohya keys are read as they are), no log_missing
-        return lora.load_lora(state, key_map(lora))
+    except ImportError:         # Forge Classic: no converter (kohya keys are read as they are), no log_missing,
+        patches, _ = lora.load_lora(state, key_map(lora))      # and (patches, the keys it did not use)
+        return patches
     return lora.load_lora(lora_convert.convert_lora(state), key_map(lora), log_missing=False)
 
 
