@@ -210,11 +210,13 @@ def contribute_omost(p, values, info, sampling) -> Contribution:
         omost.check_negative_chunk_count(negative_chunk_count(p, canvas))
     except CanvasError as e:
         raise DidNotRun(str(e)) from None
+
+    def note(message):
+        report_problem(p, feature, message)
     for problem in problems:
-        report_problem(p, feature, problem)
+        note(problem)
     offload_chat_model()
-    context, regions, vector, chunks = encode_canvas(p, chunk_texts, loras,
-                                                     lambda message: report_problem(p, feature, message))
+    context, regions, vector, chunks = encode_canvas(p, chunk_texts, loras, note)
     negatives = canvas_negatives(p, canvas)
     hires = getattr(p, "is_hr_pass", False)
     hires_plain = hires and not values["hires_regions"]
@@ -222,9 +224,6 @@ def contribute_omost(p, values, info, sampling) -> Contribution:
     if negatives is not None and cfg_scale_of(p) == 1:
         report_problem(p, feature, "the canvas's negative prompts had no effect: at CFG scale 1"
                        f"{' (the hires pass)' if hires else ''} the WebUI computes no negative prediction")
-
-    def note(message):
-        report_problem(p, feature, message)
     blending = omost.is_prediction_blending(values["method"])
     lora = region_lora.parts(p.sd_model.forge_objects.unet, loras, canvas, None if blending else regions,
                              blending, note)

@@ -154,12 +154,22 @@ class CallState:
     blending: bool
     call: dict | None = None
     masks: dict = field(default_factory=dict)
+    token_positions: dict = field(default_factory=dict)
 
     def pixels(self, region: int, hw: tuple[int, int], device) -> torch.Tensor:
         key = (hw, device)
         if key not in self.masks:
             self.masks[key] = torch.from_numpy(np.ascontiguousarray(region_masks(self.canvas, *hw))).to(device)
         return self.masks[key][region]
+
+    def tokens(self, region: int, length: int, device) -> torch.Tensor:
+        """The region's positions in a context of ``length`` tokens; once per generation, not per layer call
+        (``nonzero`` waits for the device)."""
+        key = (region, length, device)
+        if key not in self.token_positions:
+            fitted = omost.fit_token_regions(self.token_regions, length)
+            self.token_positions[key] = (fitted == region).nonzero()[:, 0].to(device)
+        return self.token_positions[key]
 
     def gates(self, region: int, kind: str, x: torch.Tensor, out: torch.Tensor) -> list[tuple[int, Gate]]:
         call = self.call
@@ -172,8 +182,7 @@ class CallState:
             rows, length = call["cond_rows"], x.shape[1]
             if rows.numel() == 0 or length < self.token_regions.shape[0]:
                 return []
-            tokens = (omost.fit_token_regions(self.token_regions, length) == region).nonzero()[:, 0]
-            return [(region, Gate(rows=rows, tokens=tokens.to(x.device)))]
+            return [(region, Gate(rows=rows, tokens=self.tokens(region, length, x.device)))]
         if kind == CONV:
             hw = tuple(out.shape[2:])
         elif kind == TOKENS and x.dim() == 3:
